@@ -1,0 +1,375 @@
+"""HTTP/1.1 request reading: httptools (llhttp) plus the hygiene and limits trusted servers add.
+
+Theory of operation
+-------------------
+llhttp does the byte-level work in C: request line, header syntax (no whitespace before a colon,
+no bare CR, no obs-fold), Content-Length syntax and duplicates, chunk-size hex and overflow, the
+CRLF after chunk data, and Transfer-Encoding + Content-Length conflicts. :class:`RequestReader`
+wraps it and adds what llhttp leaves to the application, all of it from RFC 9112:
+
+* the version must be 1.0 or 1.1 (anything else, the HTTP/2 preface included, is 505);
+* Transfer-Encoding must be exactly ``chunked`` (another coding is 501, as we implement none),
+  and is refused in HTTP/1.0 (§6.1: a 1.0 peer cannot have sent it meaningfully);
+* Host must be present once on 1.1, and syntactically valid (§3.2);
+* limits on the request target, the header block (bytes and fields), and chunk extensions.
+
+The reader is pure: no asyncio, sockets or files. It is fed bytes (whole or one at a time, with
+the same result) and calls three methods on a *sink* (the connection): ``on_request`` when a head is
+complete, ``on_body`` for each piece of body, ``on_request_complete`` at the end of each message.
+Every refusal raises :class:`~wirespeed.proto.errors.ProtocolError` from :meth:`RequestReader.feed`;
+after one, the reader is spent and the connection must close.
+
+Bounding the head: llhttp streams, but httptools buffers a header field until it is complete, so an
+endless header line would grow memory. While a head is incomplete the reader feeds at most the
+remaining head allowance at once; if the head is still incomplete after that, the answer is 431.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Protocol
+
+import httptools
+
+from wirespeed.proto.errors import ProtocolError
+
+__all__ = [
+    "BODY_CHUNKED",
+    "BODY_LENGTH",
+    "BODY_NONE",
+    "Limits",
+    "RequestReader",
+    "RequestSink",
+    "split_target",
+]
+
+# How the request body is framed (RFC 9112 §6.3).
+BODY_NONE = 0
+BODY_LENGTH = 1
+BODY_CHUNKED = 2
+
+KIB = 1024
+MIB = 1024 * KIB
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Request limits. Each default carries the reason it was chosen."""
+
+    # RFC 9112 §3: servers ought to accept request lines of at least 8000 octets; nginx's
+    # large_client_header_buffers default is 8 KiB too. Longer targets get 414.
+    max_target: int = 8 * KIB
+    # The whole header block (target + fields). nginx accepts 4 x 8 KiB by default; Go 1 MiB.
+    # 64 KiB leaves room for large cookies while bounding what one connection can pin -> 431.
+    max_header_bytes: int = 64 * KIB
+    # Apache's LimitRequestFields default; real browsers send 10-30 fields -> 431.
+    max_header_count: int = 100
+    # nginx's client_max_body_size default. Native handlers buffer bodies, so keep it modest -> 413.
+    max_body: int = 1 * MIB
+    # Bytes of chunk framing (size line + extensions + CRLFs) tolerated per chunk. Legitimate
+    # framing is under 30 bytes; 4 KiB leaves room for extensions while stopping a client that
+    # streams an endless extension, which llhttp would skip without any limit.
+    max_chunk_overhead: int = 4 * KIB
+
+
+class RequestSink(Protocol):
+    """What a :class:`RequestReader` reports to (in practice, the connection)."""
+
+    def on_request(
+        self,
+        method: str,
+        target: bytes,
+        version: str,
+        headers: list[tuple[bytes, bytes]],
+        keep_alive: bool,
+        body_kind: int,
+        content_length: int,
+        expect_continue: bool,
+    ) -> None: ...
+
+    def on_body(self, chunk: bytes) -> None: ...
+
+    def on_request_complete(self) -> None: ...
+
+
+# Method names come back from llhttp as bytes; decoding each time costs more than a dict hit.
+_METHODS = {
+    m.encode(): m
+    for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "CONNECT", "TRACE")
+}
+
+# RFC 9112 §3.2 / RFC 3986 §3.2.2: Host = uri-host [ ":" port ]; uri-host is an IP-literal in
+# brackets, an IPv4 address or a reg-name (unreserved / pct-encoded / sub-delims). Empty is allowed
+# (a target without authority).
+_HOST_RE = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%!$&'()*+,;=]*)(?::[0-9]*)?\Z")
+
+
+def split_target(target: bytes) -> tuple[bytes, bytes]:
+    """Split a request target into (path, query), handling origin-, absolute- and asterisk-form.
+
+    RFC 9112 §3.2: origin-form ``/path?query`` is the norm; absolute-form ``http://host/path`` must
+    be accepted by servers (its authority replaces Host, which the caller handles); ``*`` is for
+    OPTIONS. A fragment never belongs in a target, but is stripped if a client sends one.
+    """
+    if target[:1] != b"/" and target != b"*":
+        # absolute-form: skip "scheme://authority"
+        sep = target.find(b"://")
+        if sep > 0:
+            slash = target.find(b"/", sep + 3)
+            q = target.find(b"?", sep + 3)
+            if slash < 0 or (0 <= q < slash):
+                target = b"/" + (target[q:] if q >= 0 else b"")
+            else:
+                target = target[slash:]
+    hash_at = target.find(b"#")
+    if hash_at >= 0:
+        target = target[:hash_at]
+    q = target.find(b"?")
+    if q < 0:
+        return target, b""
+    return target[:q], target[q + 1 :]
+
+
+class RequestReader:
+    """Incremental request parser with RFC 9112 hygiene and limits.
+
+    Feed it bytes with :meth:`feed`; it calls the sink as requests arrive. Any refusal raises
+    :class:`ProtocolError`, after which the reader must not be fed again.
+    """
+
+    __slots__ = (
+        "_body_kind",
+        "_body_seen",
+        "_chunk_headers",
+        "_chunk_overhead",
+        "_completed",
+        "_content_length",
+        "_expect",
+        "_head_bytes",
+        "_head_left",
+        "_headers",
+        "_hosts",
+        "_in_head",
+        "_limits",
+        "_parser",
+        "_started",
+        "_sink",
+        "_te",
+        "_url",
+        "upgraded",
+    )
+
+    def __init__(self, sink: RequestSink, limits: Limits | None = None) -> None:
+        self._sink = sink
+        self._limits = limits or Limits()
+        self._parser = httptools.HttpRequestParser(self)
+        self._in_head = True
+        self._head_left = self._limits.max_header_bytes
+        self._completed = False
+        self._started = False
+        self._reset_message()
+        #: True once a CONNECT or an accepted protocol upgrade leaves HTTP; bytes after it are not
+        #: HTTP, so the connection must close after answering.
+        self.upgraded = False
+
+    def _reset_message(self) -> None:
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._head_bytes = 0
+        self._hosts = 0
+        self._te: bytes | None = None
+        self._expect = False
+        self._content_length = -1
+        self._body_kind = BODY_NONE
+        self._body_seen = 0
+        self._chunk_headers = 0
+        self._chunk_overhead = 0
+
+    @property
+    def mid_message(self) -> bool:
+        """True between the first byte of a request and the end of its body."""
+        return self._started
+
+    # -- feeding -------------------------------------------------------------------------------
+
+    def feed(self, data: bytes) -> None:
+        """Parse ``data``, calling the sink for each event. Raises :class:`ProtocolError`."""
+        while data:
+            if self._in_head:
+                left = self._head_left
+                if len(data) > left:
+                    chunk, data = data[:left], data[left:]
+                else:
+                    chunk, data = data, b""
+                self._completed = False
+                self._execute(chunk)
+                if self._in_head:
+                    if self._completed:
+                        # A message ended inside this chunk; where the next head began is not
+                        # known, so count nothing against it: this undercounts by less than
+                        # one allowance, which keeps memory bounded without false refusals.
+                        self._head_left = self._limits.max_header_bytes
+                    else:
+                        self._head_left -= len(chunk)
+                        if self._head_left <= 0:
+                            raise ProtocolError(431, "request header fields too large")
+            else:
+                body_before = self._body_seen
+                chunked = self._body_kind == BODY_CHUNKED
+                self._completed = False
+                self._execute(data)
+                if chunked and not self._in_head and not self._completed:
+                    # Whole feed inside one chunked body: what is not body is framing.
+                    self._chunk_overhead += len(data) - (self._body_seen - body_before)
+                    allowed = (self._chunk_headers + 1) * self._limits.max_chunk_overhead
+                    if self._chunk_overhead > allowed:
+                        raise ProtocolError(400, "chunk extensions too long")
+                data = b""
+
+    def _execute(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self._after_upgrade(data, exc)
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if isinstance(cause, ProtocolError):
+                raise cause from None
+            raise
+        except httptools.HttpParserError as exc:
+            raise self._translate(exc) from None
+
+    def _after_upgrade(self, data: bytes, exc: httptools.HttpParserUpgrade) -> None:
+        # llhttp stops after a CONNECT head or a request carrying Upgrade. We speak only
+        # HTTP/1.1, so an Upgrade is declined by answering normally (RFC 9110 §7.8 lets a server
+        # ignore it) and parsing continues after it. CONNECT turns the rest of the stream into a
+        # tunnel we will not open: answer it, then close.
+        if self._in_head:
+            # Not even a complete message: treat as malformed.
+            raise ProtocolError(400, "malformed request")
+        if self.upgraded:
+            return
+        offset = int(exc.args[0]) if exc.args else len(data)
+        rest = data[offset:]
+        if rest:
+            self.feed(rest)
+
+    def _translate(self, exc: httptools.HttpParserError) -> ProtocolError:
+        message = str(exc)
+        if self._te is not None and "Transfer-Encoding" in message:
+            return ProtocolError(501, "transfer-coding not implemented", detail=message)
+        if isinstance(exc, httptools.HttpParserInvalidMethodError):
+            return ProtocolError(501, "method not implemented", detail=message)
+        if "version" in message.lower() or message.startswith("Pause on PRI"):
+            return ProtocolError(505, "HTTP version not supported", detail=message)
+        if isinstance(exc, httptools.HttpParserInvalidURLError):
+            return ProtocolError(400, "invalid request target", detail=message)
+        if "Content-Length" in message:
+            return ProtocolError(400, "invalid Content-Length", detail=message)
+        if "chunk" in message.lower():
+            return ProtocolError(400, "invalid chunked body", detail=message)
+        return ProtocolError(400, "malformed request", detail=message)
+
+    # -- httptools callbacks (called from C inside feed_data) ------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._in_head = True
+        self._started = True
+
+    def on_url(self, url: bytes) -> None:
+        # llhttp may deliver the target in fragments when it spans reads.
+        self._url += url
+        if len(self._url) > self._limits.max_target:
+            raise ProtocolError(414, "request target too long")
+
+    def on_header(self, name: bytes, value: bytes | None) -> None:
+        value = value or b""
+        name = name.lower()
+        headers = self._headers
+        headers.append((name, value))
+        self._head_bytes += len(name) + len(value) + 4
+        if len(headers) > self._limits.max_header_count:
+            raise ProtocolError(431, "too many header fields")
+        if self._head_bytes > self._limits.max_header_bytes:
+            raise ProtocolError(431, "request header fields too large")
+        if name == b"host":
+            self._hosts += 1
+            if self._hosts > 1:
+                raise ProtocolError(400, "more than one Host header")
+            if _HOST_RE.match(value) is None:
+                raise ProtocolError(400, "invalid Host header")
+        elif name == b"transfer-encoding":
+            # Any coding other than a lone "chunked" is one we do not implement (RFC 9112 §6.1:
+            # 501). Several TE fields are one list, so a second field always adds a coding.
+            te = value.strip().lower()
+            if self._te is not None or te != b"chunked":
+                self._te = te
+                raise ProtocolError(501, "transfer-coding not implemented")
+            self._te = te
+        elif name == b"expect":
+            if value.strip().lower() != b"100-continue":
+                raise ProtocolError(417, "expectation not supported")
+            self._expect = True
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        version = parser.get_http_version()
+        if version != "1.1" and version != "1.0":
+            raise ProtocolError(505, "HTTP version not supported")
+        if version == "1.1" and self._hosts == 0:
+            raise ProtocolError(400, "missing Host header")
+        raw_method = parser.get_method()
+        method = _METHODS.get(raw_method) or raw_method.decode("ascii")
+        if self._te is not None:
+            if version == "1.0":
+                # RFC 9112 §6.1: chunked in 1.0 is a framing fault; close after the answer.
+                raise ProtocolError(400, "Transfer-Encoding in HTTP/1.0")
+            body_kind = BODY_CHUNKED
+            content_length = -1
+        else:
+            content_length = self._find_content_length()
+            body_kind = BODY_LENGTH if content_length > 0 else BODY_NONE
+        if body_kind == BODY_LENGTH and content_length > self._limits.max_body:
+            raise ProtocolError(413, "request body too large")
+        self._body_kind = body_kind
+        self._content_length = content_length
+        self._in_head = False
+        self._head_left = self._limits.max_header_bytes
+        keep_alive = parser.should_keep_alive()
+        if method == "CONNECT":
+            self.upgraded = True
+            keep_alive = False
+        self._sink.on_request(
+            method,
+            self._url,
+            version,
+            self._headers,
+            keep_alive,
+            body_kind,
+            content_length,
+            self._expect,
+        )
+
+    def _find_content_length(self) -> int:
+        # llhttp already validated syntax (digits only, no duplicates, no overflow).
+        for name, value in self._headers:
+            if name == b"content-length":
+                return int(value)
+        return 0
+
+    def on_body(self, body: bytes) -> None:
+        self._body_seen += len(body)
+        if self._body_kind == BODY_CHUNKED and self._body_seen > self._limits.max_body:
+            raise ProtocolError(413, "request body too large")
+        self._sink.on_body(body)
+
+    def on_chunk_header(self) -> None:
+        self._chunk_headers += 1
+
+    def on_message_complete(self) -> None:
+        self._in_head = True
+        self._started = False
+        self._completed = True
+        self._reset_message()
+        self._sink.on_request_complete()

@@ -1,0 +1,564 @@
+"""The native application API: :class:`App`, :class:`Request` and the response types.
+
+Theory of operation
+-------------------
+An :class:`App` is a router: static paths live in a dict (one lookup per request), paths with
+``{name}`` segments in a list of compiled patterns tried in registration order. Each route maps
+methods to handlers; HEAD is answered by the GET handler (the connection drops the body), and a
+path that exists without the method gets 405 with ``Allow``.
+
+Handlers take a :class:`Request` and return a :class:`Response`, :class:`StreamResponse`,
+``bytes``/``str`` (sent as ``text/plain``), ``dict``/``list`` (JSON through orjson) or ``None``
+(204). ``async def`` handlers run on the event loop; the connection first steps the coroutine
+directly and only creates a task if it really suspends, so a handler that never awaits costs no
+task. Plain ``def`` handlers also run on the loop (they must not block); register them with
+``blocking=True`` to run them in the loop's default thread pool instead.
+
+:class:`Request` is created per request by the connection and is cheap: headers, query and path
+decoding are all computed lazily on first access.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import re
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, TypeAlias
+from urllib.parse import parse_qsl, unquote_to_bytes
+
+import orjson
+
+if TYPE_CHECKING:
+    from wirespeed.server.protocol import HttpProtocol
+
+__all__ = [
+    "App",
+    "Handler",
+    "Headers",
+    "Request",
+    "Response",
+    "StreamResponse",
+]
+
+HeaderInput: TypeAlias = Mapping[str, str] | Iterable[tuple[str, str]] | None
+HandlerResult: TypeAlias = Any
+Handler: TypeAlias = Callable[["Request"], Any]
+
+
+def _encode_headers(headers: HeaderInput) -> list[tuple[bytes, bytes]]:
+    """Validate and encode user header fields once, at response construction."""
+    if not headers:
+        return []
+    items = headers.items() if isinstance(headers, Mapping) else headers
+    out = []
+    for name, value in items:
+        # A CR or LF would let a handler (or the data it echoes) split the response.
+        if "\r" in name or "\n" in name or ":" in name or "\r" in value or "\n" in value:
+            raise ValueError(f"invalid character in header field {name!r}")
+        out.append((name.encode("latin-1"), value.encode("latin-1")))
+    return out
+
+
+class Response:
+    """A complete response with its body in memory.
+
+    ``Response(b"Hello", content_type="text/plain")`` sends ``Content-Length: 5``. ``body`` may
+    be ``bytes`` or ``str`` (encoded as UTF-8; the default content type is then
+    ``text/plain; charset=utf-8``, and ``application/octet-stream`` for bytes). ``headers`` is a
+    mapping or a list of pairs; ``Content-Length``, ``Date``, ``Server`` and ``Connection`` are set
+    by the server and must not be given. Raises :class:`ValueError` for a header value with CR or
+    LF.
+    """
+
+    __slots__ = ("body", "content_type", "headers", "status")
+
+    def __init__(
+        self,
+        body: bytes | str = b"",
+        status: int = 200,
+        headers: HeaderInput = None,
+        content_type: str | None = None,
+    ) -> None:
+        if isinstance(body, str):
+            body = body.encode()
+            if content_type is None:
+                content_type = "text/plain; charset=utf-8"
+        self.body: bytes = body
+        self.status = status
+        self.content_type = content_type
+        self.headers = _encode_headers(headers) if headers else []
+
+    def __repr__(self) -> str:
+        return f"<Response {self.status} {len(self.body)} bytes>"
+
+
+class StreamResponse:
+    """A response whose body comes from an async (or plain) iterator of ``bytes``/``str``.
+
+    Sent with ``Transfer-Encoding: chunked`` to HTTP/1.1 clients (one chunk per item; empty
+    items are skipped), and to HTTP/1.0 clients as raw bytes ended by closing the connection. The
+    server waits for the client to keep up before pulling the next item, so a slow reader holds at
+    most the write buffer's high-water mark. Give ``content_length`` if it is known: the body is
+    then sent unchunked and must be exactly that long (a short body aborts the connection).
+    """
+
+    __slots__ = ("content_length", "content_type", "headers", "iterator", "status")
+
+    def __init__(
+        self,
+        iterator: AsyncIterable[bytes | str] | Iterable[bytes | str],
+        status: int = 200,
+        headers: HeaderInput = None,
+        content_type: str | None = "application/octet-stream",
+        content_length: int | None = None,
+    ) -> None:
+        self.iterator = iterator
+        self.status = status
+        self.content_type = content_type
+        self.headers = _encode_headers(headers) if headers else []
+        self.content_length = content_length
+
+
+class Headers(Mapping[str, str]):
+    """Case-insensitive, read-only view of request header fields (values decoded as latin-1).
+
+    ``headers["content-type"]`` gives the first value, :meth:`getall` every value in order.
+    """
+
+    __slots__ = ("_raw",)
+
+    def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
+        self._raw = raw  # names are lowercase already (the reader lowercases them)
+
+    def get_bytes(self, name: bytes) -> bytes | None:
+        """The first raw value for a lowercase ``name``, or None. The fastest lookup."""
+        for key, value in self._raw:
+            if key == name:
+                return value
+        return None
+
+    def __getitem__(self, name: str) -> str:
+        value = self.get_bytes(name.lower().encode("latin-1"))
+        if value is None:
+            raise KeyError(name)
+        return value.decode("latin-1")
+
+    def getall(self, name: str) -> list[str]:
+        key = name.lower().encode("latin-1")
+        return [v.decode("latin-1") for k, v in self._raw if k == key]
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self.get_bytes(name.lower().encode("latin-1")) is not None
+
+    def __iter__(self) -> Iterator[str]:
+        seen: set[bytes] = set()
+        for key, _ in self._raw:
+            if key not in seen:
+                seen.add(key)
+                yield key.decode("latin-1")
+
+    def __len__(self) -> int:
+        return len({k for k, _ in self._raw})
+
+    def raw(self) -> list[tuple[bytes, bytes]]:
+        """All fields as ``(lowercase name, value)`` byte pairs, in arrival order."""
+        return list(self._raw)
+
+    def __repr__(self) -> str:
+        return f"Headers({[(k.decode('latin-1'), v.decode('latin-1')) for k, v in self._raw]})"
+
+
+class Request:
+    """One HTTP request, as a handler sees it.
+
+    Attributes: ``method`` (``"GET"``), ``path`` (percent-decoded ``str``), ``raw_path`` and
+    ``query_string`` (``bytes``, as sent), ``query`` (``dict`` of first values; see
+    :meth:`query_list`), ``headers`` (:class:`Headers`), ``path_params`` (from ``{name}`` route
+    segments), ``http_version`` (``"1.1"``), ``client`` (``(host, port)`` or None).
+
+    The body is read on demand: ``await request.body()`` returns all of it (bounded by the
+    server's ``max_body``), ``async for chunk in request.stream()`` yields it as it arrives. Either
+    sends ``100 Continue`` first when the client asked for it. Use one or the other, once.
+    """
+
+    __slots__ = (
+        "_body_kind",
+        "_buffered",
+        "_chunks",
+        "_complete",
+        "_conn",
+        "_consumed",
+        "_content_length",
+        "_discard",
+        "_expect",
+        "_headers",
+        "_path",
+        "_query",
+        "_raw_headers",
+        "_waiter",
+        "_wants_all",
+        "http_version",
+        "keep_alive",
+        "method",
+        "path_params",
+        "query_string",
+        "raw_path",
+    )
+
+    def __init__(
+        self,
+        conn: HttpProtocol | None,
+        method: str,
+        raw_path: bytes,
+        query_string: bytes,
+        http_version: str,
+        raw_headers: list[tuple[bytes, bytes]],
+        keep_alive: bool,
+        body_kind: int,
+        content_length: int,
+        expect: bool,
+    ) -> None:
+        self._conn = conn
+        self.method = method
+        self.raw_path = raw_path
+        self.query_string = query_string
+        self.http_version = http_version
+        self._raw_headers = raw_headers
+        self.keep_alive = keep_alive
+        self._body_kind = body_kind
+        self._content_length = content_length
+        self._expect = expect
+        self.path_params: dict[str, str] = {}
+        self._path: str | None = None
+        self._headers: Headers | None = None
+        self._query: dict[str, str] | None = None
+        self._chunks: list[bytes] = []
+        self._buffered = 0
+        # No body at all means the body is complete from the start.
+        self._complete = body_kind == 0
+        self._consumed = False
+        self._discard = False  # the response went out without the body: drop what arrives
+        self._wants_all = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    # -- head ----------------------------------------------------------------------------------
+
+    @property
+    def path(self) -> str:
+        path = self._path
+        if path is None:
+            raw = self.raw_path
+            if b"%" in raw:
+                raw = unquote_to_bytes(raw)
+            path = self._path = raw.decode("utf-8", "surrogateescape")
+        return path
+
+    @property
+    def headers(self) -> Headers:
+        headers = self._headers
+        if headers is None:
+            headers = self._headers = Headers(self._raw_headers)
+        return headers
+
+    @property
+    def query(self) -> dict[str, str]:
+        query = self._query
+        if query is None:
+            query = {}
+            for key, value in parse_qsl(self.query_string.decode("latin-1"), keep_blank_values=True):
+                query.setdefault(key, value)
+            self._query = query
+        return query
+
+    def query_list(self, name: str) -> list[str]:
+        """Every value of query parameter ``name``, in order."""
+        pairs = parse_qsl(self.query_string.decode("latin-1"), keep_blank_values=True)
+        return [v for k, v in pairs if k == name]
+
+    @property
+    def client(self) -> tuple[str, int] | None:
+        return self._conn.peer if self._conn is not None else None
+
+    def __repr__(self) -> str:
+        return f"<Request {self.method} {self.raw_path!r}>"
+
+    # -- body (fed by the connection) ---------------------------------------------------------
+
+    def _feed(self, chunk: bytes) -> None:
+        self._chunks.append(chunk)
+        self._buffered += len(chunk)
+        waiter = self._waiter
+        if waiter is not None and not self._wants_all:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _finish_body(self) -> None:
+        self._complete = True
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _fail(self, exc: BaseException) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_exception(exc)
+
+    @property
+    def body_complete(self) -> bool:
+        """True once every body byte has arrived (or there was no body)."""
+        return self._complete
+
+    async def _wait(self) -> None:
+        conn = self._conn
+        if conn is None:
+            raise ConnectionResetError("request has no connection")
+        if self._expect:
+            self._expect = False
+            conn.send_continue()
+        conn.want_body(self)
+        waiter = self._waiter = asyncio.get_running_loop().create_future()
+        await waiter
+
+    async def body(self) -> bytes:
+        """The whole request body. Raises :class:`ConnectionError` if the client goes away."""
+        if self._consumed:
+            raise RuntimeError("request body already consumed")
+        self._wants_all = True
+        while not self._complete:
+            await self._wait()
+        self._consumed = True
+        chunks = self._chunks
+        self._chunks = []
+        self._buffered = 0
+        if len(chunks) == 1:
+            return chunks[0]
+        return b"".join(chunks)
+
+    async def stream(self) -> AsyncIterable[bytes]:
+        """Yield the request body in pieces as they arrive, with backpressure on the client."""
+        if self._consumed:
+            raise RuntimeError("request body already consumed")
+        self._consumed = True
+        while True:
+            if self._chunks:
+                chunks = self._chunks
+                self._chunks = []
+                self._buffered = 0
+                if self._conn is not None:
+                    self._conn.want_body(self)
+                for chunk in chunks:
+                    yield chunk
+            elif self._complete:
+                return
+            else:
+                await self._wait()
+
+    async def json(self) -> Any:
+        """The body parsed as JSON (orjson). Raises :class:`ValueError` on invalid JSON."""
+        return orjson.loads(await self.body())
+
+
+# -- routing ---------------------------------------------------------------------------------
+
+_PARAM_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::path)?\}")
+
+
+class Route:
+    """A compiled route: its pattern and the handler for each method."""
+
+    __slots__ = ("methods", "names", "path", "regex")
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.methods: dict[str, Endpoint] = {}
+        self.names = _PARAM_RE.findall(path)
+        self.regex: re.Pattern[str] | None = None
+        if self.names:
+            pattern = "^"
+            last = 0
+            for m in _PARAM_RE.finditer(path):
+                pattern += re.escape(path[last : m.start()])
+                # {name} matches one segment; {name:path} the rest of the path.
+                pattern += f"(?P<{m.group(1)}>.+)" if m.group(0).endswith(":path}") else (
+                    f"(?P<{m.group(1)}>[^/]+)"
+                )
+                last = m.end()
+            pattern += re.escape(path[last:]) + "$"
+            self.regex = re.compile(pattern)
+
+
+class Endpoint:
+    """A handler with what the connection needs to know to call it fast."""
+
+    __slots__ = ("blocking", "func", "is_async")
+
+    def __init__(self, func: Handler, blocking: bool) -> None:
+        self.func = func
+        self.is_async = inspect.iscoroutinefunction(func)
+        self.blocking = blocking and not self.is_async
+
+
+Resolved: TypeAlias = tuple[Endpoint | None, dict[str, str] | None, Route | None]
+
+
+class App:
+    """A wirespeed application: routes and their handlers.
+
+    Example::
+
+        app = App()
+
+        @app.get("/")
+        async def hello(request: Request) -> Response:
+            return Response(b"Hello, World!", content_type="text/plain")
+
+        @app.get("/items/{item_id}")
+        def item(request: Request) -> dict:
+            return {"id": request.path_params["item_id"]}
+
+    Serve it with ``wirespeed serve module:app``. Routes match the percent-decoded path exactly
+    (no trailing-slash redirects); ``{name}`` matches one non-empty segment, ``{name:path}`` the
+    rest of the path. A path registered without the request's method answers 405 with ``Allow``.
+    """
+
+    def __init__(self) -> None:
+        self._static: dict[str, Route] = {}
+        self._dynamic: list[Route] = []
+        self._mounts: list[tuple[str, Handler]] = []
+        self._mount_endpoints: dict[str, Endpoint] = {}
+        self.startup: list[Callable[[], Awaitable[None] | None]] = []
+        self.shutdown: list[Callable[[], Awaitable[None] | None]] = []
+
+    # -- registration --------------------------------------------------------------------------
+
+    def add_route(
+        self,
+        path: str,
+        handler: Handler,
+        methods: Iterable[str] = ("GET",),
+        *,
+        blocking: bool = False,
+    ) -> None:
+        """Register ``handler`` for ``path`` and ``methods``. See :class:`App` for the syntax."""
+        if not path.startswith("/"):
+            raise ValueError(f"route path must start with '/': {path!r}")
+        route = self._route_for(path)
+        endpoint = Endpoint(handler, blocking)
+        for method in methods:
+            method = method.upper()
+            if method in route.methods:
+                raise ValueError(f"duplicate route: {method} {path}")
+            route.methods[method] = endpoint
+
+    def _route_for(self, path: str) -> Route:
+        route = self._static.get(path)
+        if route is not None:
+            return route
+        for route in self._dynamic:
+            if route.path == path:
+                return route
+        route = Route(path)
+        if route.regex is None:
+            self._static[path] = route
+        else:
+            self._dynamic.append(route)
+        return route
+
+    def route(
+        self, path: str, methods: Iterable[str] = ("GET",), *, blocking: bool = False
+    ) -> Callable[[Handler], Handler]:
+        """Decorator form of :meth:`add_route`."""
+
+        def register(handler: Handler) -> Handler:
+            self.add_route(path, handler, methods, blocking=blocking)
+            return handler
+
+        return register
+
+    def get(self, path: str, *, blocking: bool = False) -> Callable[[Handler], Handler]:
+        return self.route(path, ("GET",), blocking=blocking)
+
+    def post(self, path: str, *, blocking: bool = False) -> Callable[[Handler], Handler]:
+        return self.route(path, ("POST",), blocking=blocking)
+
+    def put(self, path: str, *, blocking: bool = False) -> Callable[[Handler], Handler]:
+        return self.route(path, ("PUT",), blocking=blocking)
+
+    def patch(self, path: str, *, blocking: bool = False) -> Callable[[Handler], Handler]:
+        return self.route(path, ("PATCH",), blocking=blocking)
+
+    def delete(self, path: str, *, blocking: bool = False) -> Callable[[Handler], Handler]:
+        return self.route(path, ("DELETE",), blocking=blocking)
+
+    def mount(self, prefix: str, handler: Handler) -> None:
+        """Send every request under ``prefix`` (any method) to ``handler``.
+
+        Used for static folders and sub-applications; ``request.path_params["path"]`` holds the
+        rest of the path. Routes registered with :meth:`add_route` take precedence.
+        """
+        prefix = prefix.rstrip("/")
+        self._mounts.append((prefix, handler))
+        self._mounts.sort(key=lambda m: len(m[0]), reverse=True)
+        self._mount_endpoints = {p: Endpoint(h, False) for p, h in self._mounts}
+
+    # -- dispatch (called by the connection) ---------------------------------------------------
+
+    def resolve(self, method: str, path: str) -> Resolved:
+        """Find the endpoint for a request.
+
+        Returns ``(endpoint, params, route)``: endpoint None and route set means 405 (the route's
+        methods make ``Allow``); all None means 404.
+        """
+        route = self._static.get(path)
+        params: dict[str, str] | None = None
+        if route is None:
+            for candidate in self._dynamic:
+                regex = candidate.regex
+                assert regex is not None
+                match = regex.match(path)
+                if match is not None:
+                    route = candidate
+                    params = match.groupdict()
+                    break
+        if route is not None:
+            methods = route.methods
+            endpoint = methods.get(method)
+            if endpoint is None and method == "HEAD":
+                endpoint = methods.get("GET")
+            return endpoint, params, route
+        for prefix, _ in self._mounts:
+            if path == prefix or path.startswith(prefix + "/") or not prefix:
+                rest = path[len(prefix) :].lstrip("/")
+                return self._mount_endpoints[prefix], {"path": rest}, None
+        return None, None, None
+
+    @staticmethod
+    def allowed(route: Route) -> str:
+        """The ``Allow`` value for a route: its methods, plus HEAD when GET is there."""
+        methods = set(route.methods)
+        if "GET" in methods:
+            methods.add("HEAD")
+        return ", ".join(sorted(methods))
+
+
+def to_response(result: HandlerResult) -> Response | StreamResponse:
+    """Turn what a handler returned into a response object (see :class:`App`)."""
+    if isinstance(result, (Response, StreamResponse)):
+        return result
+    if isinstance(result, bytes):
+        return Response(result, content_type="text/plain")
+    if isinstance(result, str):
+        return Response(result)
+    if isinstance(result, (dict, list)):
+        return Response(orjson.dumps(result), content_type="application/json")
+    if result is None:
+        return Response(b"", status=204)
+    if hasattr(result, "__aiter__"):
+        return StreamResponse(result)
+    raise TypeError(f"handler returned {type(result).__name__}, not a response")

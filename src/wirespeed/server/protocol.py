@@ -1,0 +1,762 @@
+"""The connection: asyncio Protocol <-> RequestReader <-> handlers.
+
+Theory of operation
+-------------------
+One :class:`HttpProtocol` per TCP connection. Bytes go to a pure
+:class:`~wirespeed.proto.http11.RequestReader`, which calls back ``on_request`` /
+``on_body`` / ``on_request_complete``. Requests are answered strictly one at a time, in order:
+the first is started at once, later (pipelined) ones wait in a queue, and reading pauses while
+that queue is long, so a client cannot make us buffer more than a bounded number of requests.
+
+A request is *done* when its response has been written and its body fully received; only then
+does the next one start. A handler's coroutine is first stepped directly: most handlers finish
+without suspending, and then no task is created at all (a task costs several microseconds, a
+large share of a small request). Only a handler that really awaits gets a task.
+
+Timeouts do not use a timer per connection: each connection keeps one deadline (kind + time),
+and the server's ticker (see :class:`ServerState`) sweeps all connections a few times per
+timeout period. The same ticker refreshes the cached ``Date`` header once a second.
+
+Writes go through the transport; :class:`~wirespeed.io.flow.WriteFlow` tracks its pause state so
+that streams wait for the client, and the next pipelined request waits too. Errors are translated
+at this edge: a :class:`~wirespeed.proto.errors.ProtocolError` becomes a short plain-text answer
+followed by a lingering close; a handler exception becomes a 500 with nothing internal in it, and
+its traceback goes to the ``wirespeed.error`` log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Coroutine, Generator, Iterator
+from email.utils import formatdate
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any, cast
+
+from wirespeed.io.flow import WriteFlow
+from wirespeed.io.tuning import SocketOptions, apply_connection_options
+from wirespeed.proto.errors import ProtocolError
+from wirespeed.proto.http11 import BODY_CHUNKED, BODY_LENGTH, RequestReader, split_target
+from wirespeed.server.app import (
+    App,
+    Endpoint,
+    Request,
+    Response,
+    StreamResponse,
+    to_response,
+)
+from wirespeed.server.config import ServerConfig
+
+if TYPE_CHECKING:
+    from wirespeed.proto.http11 import Limits
+
+__all__ = ["HttpProtocol", "ServerState"]
+
+error_log = logging.getLogger("wirespeed.error")
+access_log = logging.getLogger("wirespeed.access")
+
+# Status lines are looked up, never formatted, on the hot path.
+_STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in HTTPStatus}
+
+
+def status_line(status: int) -> bytes:
+    line = _STATUS_LINES.get(status)
+    if line is None:
+        if not 100 <= status <= 999:
+            raise ValueError(f"invalid status code {status}")
+        line = _STATUS_LINES[status] = b"HTTP/1.1 %d \r\n" % status
+    return line
+
+
+_CONTENT_TYPES: dict[str, bytes] = {}
+
+
+def _content_type_line(content_type: str) -> bytes:
+    line = _CONTENT_TYPES.get(content_type)
+    if line is None:
+        if "\r" in content_type or "\n" in content_type:
+            raise ValueError("invalid character in content type")
+        line = b"Content-Type: " + content_type.encode("latin-1") + b"\r\n"
+        if len(_CONTENT_TYPES) < 256:  # bounded: content types come from code, rarely from data
+            _CONTENT_TYPES[content_type] = line
+    return line
+
+
+def _no_body_status(status: int) -> bool:
+    # RFC 9110 §6.4.1: 1xx, 204 and 304 never carry content.
+    return status < 200 or status == 204 or status == 304
+
+
+# Unread request body we are willing to read and discard to keep a connection alive after the
+# response; beyond that closing is cheaper. Go's net/http uses the same 256 KiB.
+_DRAIN_LIMIT = 256 * 1024
+
+# Deadline kinds.
+_NONE, _IDLE, _HEADER, _BODY, _LINGER = range(5)
+# Bytes read and dropped during a lingering close before giving up on the client.
+_LINGER_MAX_BYTES = 1024 * 1024
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+class ServerState:
+    """What every connection of one server shares: the app, settings, clock and live connections.
+
+    :meth:`tick` must be called every ``config.tick_interval`` seconds (the runner does); it
+    refreshes the ``Date`` header and enforces every connection's deadline.
+    """
+
+    def __init__(self, app: App, config: ServerConfig) -> None:
+        self.app = app
+        self.config = config
+        self.limits: Limits = config.limits
+        self.connections: set[HttpProtocol] = set()
+        self.shutting_down = False
+        self.now = time.monotonic()
+        self._date_second = -1
+        self._server_line = b"Server: " + config.server_header.encode("latin-1") + b"\r\n"
+        self.head_prefix = b""
+        self._refresh_date()
+        #: Requests answered so far (for tests and the lab).
+        self.requests = 0
+        #: Options to set on each accepted socket, or None when the listener's are inherited.
+        self.per_connection_options: SocketOptions | None = None
+
+    def _refresh_date(self) -> None:
+        second = int(time.time())
+        if second != self._date_second:
+            self._date_second = second
+            date = formatdate(second, usegmt=True).encode("ascii")
+            self.head_prefix = self._server_line + b"Date: " + date + b"\r\n"
+
+    def tick(self) -> None:
+        self.now = now = time.monotonic()
+        self._refresh_date()
+        for conn in list(self.connections):
+            conn.check_deadline(now)
+
+    def shutdown(self) -> None:
+        """Begin a graceful stop: idle connections close, busy ones close after their response."""
+        self.shutting_down = True
+        for conn in list(self.connections):
+            conn.shutdown()
+
+
+class _Continue:
+    """Drive a coroutine that was already stepped once (see the module docstring).
+
+    Equivalent to ``await coro`` had the first ``send(None)`` not happened yet: it hands the
+    future the coroutine yielded to the task, and passes results and exceptions back in.
+    """
+
+    __slots__ = ("_coro", "_first")
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], first: Any) -> None:
+        self._coro = coro
+        self._first = first
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coro = self._coro
+        value = self._first
+        while True:
+            try:
+                sent = yield value
+            except BaseException as exc:  # includes CancelledError: deliver it to the handler
+                try:
+                    value = coro.throw(exc)
+                except StopIteration as stop:
+                    return stop.value
+            else:
+                try:
+                    value = coro.send(sent)
+                except StopIteration as stop:
+                    return stop.value
+
+
+class HttpProtocol(asyncio.Protocol):
+    """One HTTP/1.1 connection. Created by the event loop for each accepted socket."""
+
+    def __init__(self, state: ServerState) -> None:
+        # -- lives with the connection --
+        self.state = state
+        self.config = state.config
+        self.app = state.app
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.reader = RequestReader(self, state.limits)
+        self.flow = WriteFlow()
+        self.peer: tuple[str, int] | None = None
+        self.closed = False
+        self.closing = False  # answer what is in flight, then close
+        self.read_paused = False
+        self.lingering = False
+        self.linger_bytes = 0
+        self.deadline = 0.0
+        self.deadline_kind = _NONE
+        self.queue: deque[Request] = deque()
+        self.advancing = False
+        self.pending_error: ProtocolError | None = None
+        self.refused = False  # a protocol error was answered: the stream is no longer trusted
+        # -- lives with the request being answered (reset by _request_done) --
+        self.current: Request | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.responded = False  # the response head went out
+        self.response_done = False  # the whole response went out
+        self.keep_alive = True
+        self.continue_sent = False
+        # -- lives with the request whose bytes are arriving --
+        self.parsing: Request | None = None
+
+    # -- asyncio callbacks ---------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, only alike.
+        transport = cast(asyncio.Transport, transport)
+        self.transport = transport
+        transport.set_write_buffer_limits(
+            high=self.config.write_high_water, low=self.config.write_low_water
+        )
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple):
+            self.peer = (str(peer[0]), int(peer[1]))
+        opts = self.state.per_connection_options
+        if opts is not None:
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                apply_connection_options(sock, opts)
+        self.state.connections.add(self)
+        # A new connection gets the head timeout for its first request; silence closes quietly.
+        self.deadline_kind = _IDLE
+        self.deadline = self.state.now + self.config.header_timeout
+        if self.state.shutting_down:
+            self.closing = True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.state.connections.discard(self)
+        self.flow.close()
+        task = self.task
+        if task is not None and not task.done():
+            task.cancel()
+        lost = ConnectionResetError("client disconnected")
+        for req in (self.current, self.parsing, *self.queue):
+            if req is not None:
+                req._fail(lost)
+        self.queue.clear()
+        self.current = self.parsing = None
+
+    def pause_writing(self) -> None:
+        self.flow.pause()
+
+    def resume_writing(self) -> None:
+        self.flow.resume()
+        if self.current is None and self.queue:
+            self._advance()
+
+    def data_received(self, data: bytes) -> None:
+        if self.lingering:
+            self.linger_bytes += len(data)
+            if self.linger_bytes > _LINGER_MAX_BYTES:
+                self._abort()
+            return
+        if self.deadline_kind == _IDLE:
+            self.deadline_kind = _HEADER
+            self.deadline = self.state.now + self.config.header_timeout
+        try:
+            self.reader.feed(data)
+        except ProtocolError as exc:
+            self._protocol_error(exc)
+            return
+        if self.closed or self.lingering:
+            return
+        parsing = self.parsing
+        if parsing is not None:
+            if parsing._buffered > self.config.body_high_water and not parsing._wants_all:
+                self._pause_reading()
+            self.deadline_kind = _BODY
+            self.deadline = self.state.now + self.config.body_timeout
+        elif self.current is None:
+            self._go_idle()
+        else:
+            self.deadline_kind = _NONE
+        if self.reader.upgraded:
+            # CONNECT: what follows is not HTTP. Stop reading; close after the answer.
+            self.keep_alive = False
+            self._pause_reading()
+
+    def eof_received(self) -> bool:
+        # The client half-closed. Answer what we have (it may still read), then close.
+        if self.lingering or (self.current is None and not self.queue):
+            return False
+        self.closing = True
+        if self.parsing is not None and not self.parsing.body_complete:
+            self.parsing._fail(ConnectionResetError("client closed before sending the body"))
+        return True
+
+    # -- RequestReader sink --------------------------------------------------------------------
+
+    def on_request(
+        self,
+        method: str,
+        target: bytes,
+        version: str,
+        headers: list[tuple[bytes, bytes]],
+        keep_alive: bool,
+        body_kind: int,
+        content_length: int,
+        expect_continue: bool,
+    ) -> None:
+        if target[:1] == b"/" and b"?" not in target and b"#" not in target:
+            path, query = target, b""
+        else:
+            path, query = split_target(target)
+        req = Request(
+            self,
+            method,
+            path,
+            query,
+            version,
+            headers,
+            keep_alive,
+            body_kind,
+            content_length,
+            expect_continue,
+        )
+        if body_kind:
+            self.parsing = req
+        if self.current is None and not self.advancing:
+            self.current = req
+            self._start(req)
+        else:
+            self.queue.append(req)
+            if len(self.queue) >= self.config.max_pipelined:
+                self._pause_reading()
+
+    def on_body(self, chunk: bytes) -> None:
+        req = self.parsing
+        if req is not None and not req._discard:
+            req._feed(chunk)
+
+    def on_request_complete(self) -> None:
+        req = self.parsing
+        if req is None:
+            return  # a request without body: complete from the start
+        self.parsing = None
+        req._finish_body()
+        if req is self.current and self.response_done:
+            self._request_done()
+
+    # -- dispatch ------------------------------------------------------------------------------
+
+    def _start(self, req: Request) -> None:
+        self.responded = False
+        self.response_done = False
+        self.continue_sent = False
+        self.keep_alive = req.keep_alive and not self.closing
+        endpoint, params, route = self.app.resolve(req.method, req.path)
+        if endpoint is None:
+            if route is not None:
+                allow = App.allowed(route)
+                self._send_error(req, 405, "method not allowed", [(b"Allow", allow.encode())])
+            else:
+                self._send_error(req, 404, "not found")
+            return
+        if params:
+            req.path_params = params
+        self._run(req, endpoint)
+
+    def _run(self, req: Request, endpoint: Endpoint) -> None:
+        func = endpoint.func
+        if endpoint.is_async:
+            try:
+                coro = func(req)
+                first = coro.send(None)
+            except StopIteration as stop:
+                self._respond(req, stop.value)
+                return
+            except Exception as exc:
+                self._handler_failed(req, exc)
+                return
+            self.task = self.loop.create_task(self._finish_handler(req, _Continue(coro, first)))
+        elif endpoint.blocking:
+            future = self.loop.run_in_executor(None, func, req)
+            self.task = self.loop.create_task(self._finish_handler(req, future))
+        else:
+            try:
+                result = func(req)
+            except Exception as exc:
+                self._handler_failed(req, exc)
+                return
+            if hasattr(result, "__await__") and not isinstance(result, (Response, StreamResponse)):
+                # A plain function that returned an awaitable (e.g. a partial of an async def).
+                self.task = self.loop.create_task(self._finish_handler(req, result))
+                return
+            self._respond(req, result)
+
+    async def _finish_handler(self, req: Request, awaitable: Any) -> None:
+        try:
+            result = await awaitable
+        except asyncio.CancelledError:
+            return
+        except Exception as exc:
+            self._handler_failed(req, exc)
+            return
+        finally:
+            self.task = None
+        if req is self.current and not self.closed:
+            self._respond(req, result)
+
+    def _handler_failed(self, req: Request, exc: BaseException) -> None:
+        if isinstance(exc, ConnectionError) and self.closed:
+            return  # the handler noticed the client left: nothing to answer
+        error_log.error(
+            "handler failed: %s %s", req.method, req.raw_path.decode("latin-1"), exc_info=exc
+        )
+        if self.closed or req is not self.current:
+            return
+        if self.responded:
+            self._abort()  # the head is out; closing is the only honest signal left
+        else:
+            self.keep_alive = False
+            self._send_error(req, 500, "internal server error")
+
+    def _respond(self, req: Request, result: Any) -> None:
+        if self.closed:
+            return
+        try:
+            response = to_response(result)
+            if isinstance(response, Response):
+                self._write_response(req, response)
+                self._response_finished(req)
+            else:
+                self.task = self.loop.create_task(self._write_stream(req, response))
+        except Exception as exc:
+            self._handler_failed(req, exc)
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def _head(
+        self,
+        req: Request,
+        status: int,
+        content_type: str | None,
+        headers: list[tuple[bytes, bytes]],
+        length_line: bytes,
+    ) -> bytes:
+        parts = [status_line(status), self.state.head_prefix]
+        if content_type is not None:
+            parts.append(_content_type_line(content_type))
+        if length_line:
+            parts.append(length_line)
+        for name, value in headers:
+            parts += (name, b": ", value, b"\r\n")
+        if not self.keep_alive or self.closing:
+            self.keep_alive = False
+            parts.append(b"Connection: close\r\n\r\n")
+        elif req.http_version == "1.0":
+            parts.append(b"Connection: keep-alive\r\n\r\n")
+        else:
+            parts.append(b"\r\n")
+        return b"".join(parts)
+
+    def _write_response(self, req: Request, response: Response) -> None:
+        status = response.status
+        body = response.body
+        if _no_body_status(status):
+            head = self._head(req, status, None, response.headers, b"")
+            body = b""
+        else:
+            head = self._head(
+                req,
+                status,
+                response.content_type or "application/octet-stream",
+                response.headers,
+                b"Content-Length: %d\r\n" % len(body),
+            )
+            if req.method == "HEAD":
+                body = b""
+        transport = self.transport
+        assert transport is not None
+        self.responded = True
+        # One write for head and small bodies (one syscall, one segment); large bodies are not
+        # copied into a new buffer just to prepend the head.
+        if len(body) <= 64 * 1024:
+            transport.write(head + body if body else head)
+        else:
+            transport.writelines((head, body))
+        if self.config.access_log:
+            path = req.raw_path.decode("latin-1")
+            access_log.info("%s %s %s %d %d", self.peer, req.method, path, status, len(body))
+
+    async def _write_stream(self, req: Request, response: StreamResponse) -> None:
+        transport = self.transport
+        assert transport is not None
+        length = response.content_length
+        chunked = length is None and req.http_version == "1.1"
+        if length is None and not chunked:
+            self.keep_alive = False  # HTTP/1.0: the end of the body is the end of the connection
+        if chunked:
+            framing = [(b"Transfer-Encoding", b"chunked")]
+            length_line = b""
+        else:
+            framing = []
+            length_line = b"Content-Length: %d\r\n" % length if length is not None else b""
+        head = self._head(
+            req, response.status, response.content_type, response.headers + framing, length_line
+        )
+        iterator = response.iterator
+        sent = 0
+        try:
+            transport.write(head)
+            self.responded = True
+            if req.method != "HEAD" and not _no_body_status(response.status):
+                flow = self.flow
+                async for item in _aiter(iterator):
+                    data = item.encode() if isinstance(item, str) else item
+                    if not data:
+                        continue
+                    if flow.paused:
+                        await flow.drain()
+                    if self.closed:
+                        return
+                    sent += len(data)
+                    if chunked:
+                        transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
+                    else:
+                        if length is not None and sent > length:
+                            raise ValueError("stream longer than its content_length")
+                        transport.write(data)
+                if length is not None and sent != length:
+                    raise ValueError(f"stream sent {sent} bytes, content_length said {length}")
+                if chunked:
+                    transport.write(b"0\r\n\r\n")
+        except asyncio.CancelledError:
+            return
+        except ConnectionError:
+            return
+        except Exception as exc:
+            self._handler_failed(req, exc)
+            return
+        finally:
+            self.task = None
+            aclose = getattr(iterator, "aclose", None)
+            if aclose is not None:
+                try:
+                    await aclose()
+                except Exception:
+                    error_log.exception("closing a response stream failed")
+        if not self.closed:
+            self._response_finished(req)
+
+    def _send_error(
+        self,
+        req: Request | None,
+        status: int,
+        reason: str,
+        headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
+        """Answer with a short plain-text reason (and nothing internal)."""
+        body = reason.encode() + b"\n"
+        if req is None:
+            # No request to speak of (the head itself was bad): always close afterwards.
+            self.keep_alive = False
+            req = Request(None, "GET", b"/", b"", "1.1", [], False, 0, 0, False)
+        response = Response(body, status, content_type="text/plain; charset=utf-8")
+        if headers:
+            response.headers = headers
+        self._write_response(req, response)
+        self._response_finished(req)
+
+    def send_continue(self) -> None:
+        """Send ``100 Continue`` once, if the response has not begun (called by Request)."""
+        if not self.continue_sent and not self.responded and self.transport is not None:
+            self.continue_sent = True
+            self.transport.write(_CONTINUE)
+
+    def want_body(self, req: Request) -> None:
+        """A handler waits for body bytes: make sure we are reading (called by Request)."""
+        if self.read_paused and len(self.queue) < self.config.max_pipelined:
+            self._resume_reading()
+
+    # -- request lifecycle ---------------------------------------------------------------------
+
+    def _response_finished(self, req: Request) -> None:
+        self.response_done = True
+        self.state.requests += 1
+        if not self.keep_alive:
+            self._close()
+            return
+        if req._complete:
+            self._request_done()
+            return
+        # The handler answered without reading the whole body.
+        unread = (
+            req._content_length - req._buffered
+            if req._body_kind == BODY_LENGTH
+            else _DRAIN_LIMIT + 1
+        )
+        if req._expect and not self.continue_sent:
+            # The client is still waiting for permission to send it: it may not come. Close.
+            self._close()
+        elif unread > _DRAIN_LIMIT or req._body_kind == BODY_CHUNKED and not req._complete:
+            self._close()
+        else:
+            # Read and drop the rest, then continue with the next request.
+            req._discard = True
+            req._chunks.clear()
+            if self.read_paused:
+                self._resume_reading()
+
+    def _request_done(self) -> None:
+        self.current = None
+        if self.pending_error is not None:
+            exc, self.pending_error = self.pending_error, None
+            self._protocol_error(exc)
+            return
+        if self.closing and not self.queue:
+            self._close()
+            return
+        self._advance()
+
+    def _advance(self) -> None:
+        if self.advancing:
+            return  # the loop below is already running further up the stack
+        self.advancing = True
+        try:
+            while self.current is None and self.queue and not self.closed:
+                if self.flow.paused:
+                    return  # resume_writing() calls us again once the client caught up
+                req = self.queue.popleft()
+                self.current = req
+                self._start(req)
+        finally:
+            self.advancing = False
+        if self.closed:
+            return
+        if self.read_paused and len(self.queue) < self.config.max_pipelined // 2 + 1:
+            self._resume_reading()
+        if self.current is None:
+            if self.closing:
+                self._close()
+            else:
+                self._go_idle()
+
+    def _go_idle(self) -> None:
+        if self.reader.mid_message:
+            # Part of the next head is here: the slowloris clock runs from its first byte.
+            if self.deadline_kind != _HEADER:
+                self.deadline_kind = _HEADER
+                self.deadline = self.state.now + self.config.header_timeout
+        else:
+            self.deadline_kind = _IDLE
+            self.deadline = self.state.now + self.config.keepalive_timeout
+
+    # -- errors, timeouts, closing -------------------------------------------------------------
+
+    def _protocol_error(self, exc: ProtocolError) -> None:
+        if exc.detail:
+            error_log.debug("refused request from %s: %s (%s)", self.peer, exc.reason, exc.detail)
+        if self.closed:
+            return
+        current = self.current
+        if current is not None and (self.responded or current is not self.parsing):
+            # A response is being produced for an earlier request: let it finish, then answer
+            # the error (pipelined requests after the bad one are dropped).
+            self.pending_error = exc
+            self.queue.clear()
+            self._pause_reading()
+            return
+        if self.task is not None:
+            self.task.cancel()
+            self.task = None
+        if current is not None:
+            current._fail(ConnectionResetError("request refused"))
+        self.queue.clear()
+        self.parsing = None
+        self.keep_alive = False
+        self.responded = False
+        self.refused = True
+        self._send_error(None, exc.status, exc.reason)
+
+    def check_deadline(self, now: float) -> None:
+        """Enforce this connection's deadlines (called by the server's ticker)."""
+        flow = self.flow
+        if flow.paused and now - flow.paused_since > self.config.send_timeout:
+            error_log.debug("send timeout: dropping %s", self.peer)
+            self._abort()
+            return
+        kind = self.deadline_kind
+        if kind == _NONE or now < self.deadline:
+            return
+        if kind == _IDLE or kind == _LINGER:
+            self._abort() if kind == _LINGER else self._close()
+        elif kind == _HEADER:
+            self.deadline_kind = _NONE
+            self._timeout_answer("request header timeout")
+        elif kind == _BODY:
+            self.deadline_kind = _NONE
+            if self.responded:
+                self._abort()
+            else:
+                self._timeout_answer("request body timeout")
+
+    def _timeout_answer(self, reason: str) -> None:
+        self._protocol_error(ProtocolError(408, reason))
+
+    def shutdown(self) -> None:
+        """Graceful stop: close now if idle, else after the response in flight."""
+        self.closing = True
+        if self.current is None and self.parsing is None and not self.reader.mid_message:
+            self._close()
+
+    def _pause_reading(self) -> None:
+        if not self.read_paused and self.transport is not None and not self.closed:
+            self.read_paused = True
+            self.transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self.read_paused and self.transport is not None and not self.closed:
+            self.read_paused = False
+            self.transport.resume_reading()
+
+    def _close(self) -> None:
+        """Close after what is written has been sent. After an error, linger first."""
+        transport = self.transport
+        if transport is None or self.closed:
+            return
+        if self.refused or self.reader.mid_message or self.parsing is not None:
+            self._linger()
+            return
+        self.closed = True
+        transport.close()
+
+    def _linger(self) -> None:
+        # RFC 9112 §9.6: closing with unread input makes the kernel send RST, which can destroy
+        # the answer before the client reads it. Send FIN after the answer, then read and drop
+        # input until the client closes or linger_timeout passes.
+        transport = self.transport
+        assert transport is not None
+        self.lingering = True
+        self.queue.clear()
+        self.deadline_kind = _LINGER
+        self.deadline = time.monotonic() + self.config.linger_timeout
+        self._resume_reading()
+        if transport.can_write_eof():
+            transport.write_eof()
+
+    def _abort(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.closed = True
+            self.transport.abort()
+
+
+async def _aiter(iterable: Any) -> AsyncIterator[Any]:
+    """Iterate an async or a plain iterable uniformly."""
+    if hasattr(iterable, "__aiter__"):
+        async for item in iterable:
+            yield item
+    else:
+        iterator: Iterator[Any] = iter(iterable)
+        for item in iterator:
+            yield item
