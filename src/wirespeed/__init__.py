@@ -14,7 +14,8 @@ is made of, and a benchmark lab. The public API::
 Run it with ``wirespeed serve module:app``.
 """
 
-from wirespeed.server.app import App, Headers, Request, Response, StreamResponse
+from wirespeed.server.app import App, Headers, Request
+from wirespeed.server.responses import FileResponse, Response, StreamResponse
 
-__all__ = ["App", "Headers", "Request", "Response", "StreamResponse"]
+__all__ = ["App", "FileResponse", "Headers", "Request", "Response", "StreamResponse"]
 __version__ = "0.1.0"

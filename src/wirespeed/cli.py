@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from wirespeed.io import tuning
 from wirespeed.proto.http11 import Limits
@@ -84,7 +84,7 @@ def _build_parser(command: str | None = None) -> argparse.ArgumentParser:
     serve = sub.add_parser(
         "serve",
         help="serve a folder or an App",
-        description="Serve TARGET: a folder of static files, or module:attr naming a wirespeed App.",
+        description="Serve TARGET: a folder of static files, or module:attr naming an App.",
     )
     serve.add_argument("target", metavar="TARGET", help="a directory, or module:attr")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
@@ -131,6 +131,37 @@ def _build_parser(command: str | None = None) -> argparse.ArgumentParser:
         help="queued pipelined requests before reading pauses (default %(default)s)",
     )
     serve.add_argument("--access-log", action="store_true", help="log every request")
+    files = serve.add_argument_group("static files (when TARGET is a directory)")
+    files.add_argument(
+        "--limit-rate",
+        type=_size,
+        metavar="BYTES_PER_S",
+        help="pace each response to this many bytes/s, like nginx limit_rate (e.g. 1m)",
+    )
+    files.add_argument(
+        "--limit-rate-after",
+        type=_size,
+        default=0,
+        metavar="BYTES",
+        help="send this much at full speed before pacing (nginx limit_rate_after)",
+    )
+    files.add_argument(
+        "--no-zero-copy",
+        dest="zero_copy",
+        action="store_false",
+        help="copy file bodies through userspace instead of sendfile (for comparison)",
+    )
+    files.add_argument(
+        "--follow-symlinks",
+        action="store_true",
+        help="serve symlinks that point outside the directory",
+    )
+    files.add_argument(
+        "--no-precompressed",
+        dest="precompressed",
+        action="store_false",
+        help="ignore .zst/.br/.gz siblings of files",
+    )
     serve.add_argument(
         "--loop",
         choices=("uvloop", "asyncio"),
@@ -160,13 +191,16 @@ def _build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def load_app(target: str) -> App:
-    """Resolve a serve TARGET: a directory, or ``module:attr`` naming a wirespeed App."""
+def load_app(target: str, **static_options: Any) -> App:
+    """Resolve a serve TARGET: a directory, or ``module:attr`` naming a wirespeed App.
+
+    ``static_options`` go to :class:`~wirespeed.server.static.StaticFiles` for a directory.
+    """
     if ":" not in target:
         if os.path.isdir(target):
             from wirespeed.server.static import static_app  # noqa: PLC0415
 
-            return static_app(target)
+            return static_app(target, **static_options)
         if os.path.exists(target):
             raise UsageError(f"{target} is not a directory (use module:attr for an app)")
         raise UsageError(f"no such directory: {target}")
@@ -212,11 +246,18 @@ def _serve(ns: argparse.Namespace) -> int:
             graceful_timeout=ns.graceful_timeout,
             max_pipelined=ns.max_pipelined,
             access_log=ns.access_log,
+            zero_copy=ns.zero_copy,
         )
         options = tuning.from_namespace(ns)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    app = load_app(ns.target)
+    app = load_app(
+        ns.target,
+        limit_rate=ns.limit_rate,
+        limit_rate_after=ns.limit_rate_after,
+        follow_symlinks=ns.follow_symlinks,
+        precompressed=ns.precompressed,
+    )
 
     def ready(url: str) -> None:
         workers = f" with {config.workers} workers" if config.workers > 1 else ""

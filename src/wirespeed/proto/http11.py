@@ -102,6 +102,9 @@ _METHODS = {
 # RFC 9112 §3.2 / RFC 3986 §3.2.2: Host = uri-host [ ":" port ]; uri-host is an IP-literal in
 # brackets, an IPv4 address or a reg-name (unreserved / pct-encoded / sub-delims). Empty is allowed
 # (a target without authority).
+# len(b"host"), len(b"expect"), len(b"content-length"), len(b"transfer-encoding")
+_WATCHED_LENGTHS = frozenset((4, 6, 14, 17))
+
 _HOST_RE = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%!$&'()*+,;=]*)(?::[0-9]*)?\Z")
 
 
@@ -146,17 +149,16 @@ class RequestReader:
         "_completed",
         "_content_length",
         "_expect",
-        "_head_bytes",
         "_head_left",
         "_headers",
         "_hosts",
         "_in_head",
         "_limits",
         "_parser",
-        "_started",
         "_sink",
-        "_te",
+                "_te",
         "_url",
+        "mid_message",
         "upgraded",
     )
 
@@ -167,7 +169,8 @@ class RequestReader:
         self._in_head = True
         self._head_left = self._limits.max_header_bytes
         self._completed = False
-        self._started = False
+        #: True between the first byte of a request and the end of its body.
+        self.mid_message = False
         self._reset_message()
         #: True once a CONNECT or an accepted protocol upgrade leaves HTTP; bytes after it are not
         #: HTTP, so the connection must close after answering.
@@ -176,7 +179,6 @@ class RequestReader:
     def _reset_message(self) -> None:
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
-        self._head_bytes = 0
         self._hosts = 0
         self._te: bytes | None = None
         self._expect = False
@@ -186,15 +188,11 @@ class RequestReader:
         self._chunk_headers = 0
         self._chunk_overhead = 0
 
-    @property
-    def mid_message(self) -> bool:
-        """True between the first byte of a request and the end of its body."""
-        return self._started
-
     # -- feeding -------------------------------------------------------------------------------
 
     def feed(self, data: bytes) -> None:
         """Parse ``data``, calling the sink for each event. Raises :class:`ProtocolError`."""
+        parser = self._parser
         while data:
             if self._in_head:
                 left = self._head_left
@@ -203,7 +201,12 @@ class RequestReader:
                 else:
                     chunk, data = data, b""
                 self._completed = False
-                self._execute(chunk)
+                try:
+                    parser.feed_data(chunk)
+                except httptools.HttpParserUpgrade as exc:
+                    self._after_upgrade(chunk, exc)
+                except httptools.HttpParserError as exc:
+                    raise self._translate(exc) from None
                 if self._in_head:
                     if self._completed:
                         # A message ended inside this chunk; where the next head began is not
@@ -218,7 +221,12 @@ class RequestReader:
                 body_before = self._body_seen
                 chunked = self._body_kind == BODY_CHUNKED
                 self._completed = False
-                self._execute(data)
+                try:
+                    parser.feed_data(data)
+                except httptools.HttpParserUpgrade as exc:
+                    self._after_upgrade(data, exc)
+                except httptools.HttpParserError as exc:
+                    raise self._translate(exc) from None
                 if chunked and not self._in_head and not self._completed:
                     # Whole feed inside one chunked body: what is not body is framing.
                     self._chunk_overhead += len(data) - (self._body_seen - body_before)
@@ -226,19 +234,6 @@ class RequestReader:
                     if self._chunk_overhead > allowed:
                         raise ProtocolError(400, "chunk extensions too long")
                 data = b""
-
-    def _execute(self, data: bytes) -> None:
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
-            self._after_upgrade(data, exc)
-        except httptools.HttpParserCallbackError as exc:
-            cause = exc.__context__
-            if isinstance(cause, ProtocolError):
-                raise cause from None
-            raise
-        except httptools.HttpParserError as exc:
-            raise self._translate(exc) from None
 
     def _after_upgrade(self, data: bytes, exc: httptools.HttpParserUpgrade) -> None:
         # llhttp stops after a CONNECT head or a request carrying Upgrade. We speak only
@@ -256,6 +251,11 @@ class RequestReader:
             self.feed(rest)
 
     def _translate(self, exc: httptools.HttpParserError) -> ProtocolError:
+        cause = exc.__context__
+        if isinstance(cause, ProtocolError):
+            return cause  # raised by one of our callbacks below
+        if isinstance(exc, httptools.HttpParserCallbackError) and cause is not None:
+            raise exc  # a bug in the sink, not the client's fault: let it surface
         message = str(exc)
         if self._te is not None and "Transfer-Encoding" in message:
             return ProtocolError(501, "transfer-coding not implemented", detail=message)
@@ -273,49 +273,60 @@ class RequestReader:
 
     # -- httptools callbacks (called from C inside feed_data) ------------------------------------
 
-    def on_message_begin(self) -> None:
-        self._in_head = True
-        self._started = True
-
     def on_url(self, url: bytes) -> None:
-        # llhttp may deliver the target in fragments when it spans reads.
+        # The first callback of every request (leading empty lines are skipped by llhttp); the
+        # target may come in fragments when it spans reads.
+        self.mid_message = True
         self._url += url
         if len(self._url) > self._limits.max_target:
             raise ProtocolError(414, "request target too long")
 
-    def on_header(self, name: bytes, value: bytes | None) -> None:
-        value = value or b""
-        name = name.lower()
+    def on_header(self, name: bytes, value: bytes) -> None:
+        # Called once per field, so it only collects: the checks run in one pass at the end of
+        # the head (memory is bounded meanwhile by feeding at most the head allowance).
+        self._headers.append((name, value))  # as received: the case of names is preserved
+
+    def _check_fields(self) -> None:
         headers = self._headers
-        headers.append((name, value))
-        self._head_bytes += len(name) + len(value) + 4
-        if len(headers) > self._limits.max_header_count:
+        limits = self._limits
+        if len(headers) > limits.max_header_count:
             raise ProtocolError(431, "too many header fields")
-        if self._head_bytes > self._limits.max_header_bytes:
-            raise ProtocolError(431, "request header fields too large")
-        if name == b"host":
-            self._hosts += 1
-            if self._hosts > 1:
-                raise ProtocolError(400, "more than one Host header")
-            if _HOST_RE.match(value) is None:
-                raise ProtocolError(400, "invalid Host header")
-        elif name == b"transfer-encoding":
-            # Any coding other than a lone "chunked" is one we do not implement (RFC 9112 §6.1:
-            # 501). Several TE fields are one list, so a second field always adds a coding.
-            te = value.strip().lower()
-            if self._te is not None or te != b"chunked":
+        size = len(self._url)
+        for name, value in headers:
+            n = len(name)
+            size += n + len(value) + 4
+            # Only four names need a look; comparing lengths first skips lowercasing the rest.
+            if n not in _WATCHED_LENGTHS:
+                continue
+            lname = name.lower()
+            if lname == b"host":
+                self._hosts += 1
+                if self._hosts > 1:
+                    raise ProtocolError(400, "more than one Host header")
+                if _HOST_RE.match(value) is None:
+                    raise ProtocolError(400, "invalid Host header")
+            elif lname == b"content-length":
+                self._content_length = int(value)  # llhttp checked: digits only, no overflow
+            elif lname == b"transfer-encoding":
+                # Any coding but a lone "chunked" is one we do not implement (RFC 9112 §6.1:
+                # 501). Several TE fields are one list, so a second field always adds a coding.
+                te = value.strip().lower()
+                if self._te is not None or te != b"chunked":
+                    self._te = te
+                    raise ProtocolError(501, "transfer-coding not implemented")
                 self._te = te
-                raise ProtocolError(501, "transfer-coding not implemented")
-            self._te = te
-        elif name == b"expect":
-            if value.strip().lower() != b"100-continue":
-                raise ProtocolError(417, "expectation not supported")
-            self._expect = True
+            elif lname == b"expect":
+                if value.strip().lower() != b"100-continue":
+                    raise ProtocolError(417, "expectation not supported")
+                self._expect = True
+        if size > limits.max_header_bytes:
+            raise ProtocolError(431, "request header fields too large")
 
     def on_headers_complete(self) -> None:
+        self._check_fields()
         parser = self._parser
         version = parser.get_http_version()
-        if version != "1.1" and version != "1.0":
+        if version != "1.1" and version != "1.0":  # noqa: PLR1714 - two compares beat a set here
             raise ProtocolError(505, "HTTP version not supported")
         if version == "1.1" and self._hosts == 0:
             raise ProtocolError(400, "missing Host header")
@@ -328,12 +339,11 @@ class RequestReader:
             body_kind = BODY_CHUNKED
             content_length = -1
         else:
-            content_length = self._find_content_length()
+            content_length = self._content_length
             body_kind = BODY_LENGTH if content_length > 0 else BODY_NONE
         if body_kind == BODY_LENGTH and content_length > self._limits.max_body:
             raise ProtocolError(413, "request body too large")
         self._body_kind = body_kind
-        self._content_length = content_length
         self._in_head = False
         self._head_left = self._limits.max_header_bytes
         keep_alive = parser.should_keep_alive()
@@ -347,16 +357,9 @@ class RequestReader:
             self._headers,
             keep_alive,
             body_kind,
-            content_length,
+            max(content_length, 0),
             self._expect,
         )
-
-    def _find_content_length(self) -> int:
-        # llhttp already validated syntax (digits only, no duplicates, no overflow).
-        for name, value in self._headers:
-            if name == b"content-length":
-                return int(value)
-        return 0
 
     def on_body(self, body: bytes) -> None:
         self._body_seen += len(body)
@@ -369,7 +372,7 @@ class RequestReader:
 
     def on_message_complete(self) -> None:
         self._in_head = True
-        self._started = False
+        self.mid_message = False
         self._completed = True
         self._reset_message()
         self._sink.on_request_complete()

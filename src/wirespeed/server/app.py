@@ -22,12 +22,22 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
 import re
-from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+)
 from typing import TYPE_CHECKING, Any, TypeAlias
 from urllib.parse import parse_qsl, unquote_to_bytes
 
 import orjson
+
+from wirespeed.server.responses import Response, StreamResponse
 
 if TYPE_CHECKING:
     from wirespeed.server.protocol import HttpProtocol
@@ -37,87 +47,12 @@ __all__ = [
     "Handler",
     "Headers",
     "Request",
+    "RequestBody",
     "Response",
     "StreamResponse",
 ]
 
-HeaderInput: TypeAlias = Mapping[str, str] | Iterable[tuple[str, str]] | None
-HandlerResult: TypeAlias = Any
 Handler: TypeAlias = Callable[["Request"], Any]
-
-
-def _encode_headers(headers: HeaderInput) -> list[tuple[bytes, bytes]]:
-    """Validate and encode user header fields once, at response construction."""
-    if not headers:
-        return []
-    items = headers.items() if isinstance(headers, Mapping) else headers
-    out = []
-    for name, value in items:
-        # A CR or LF would let a handler (or the data it echoes) split the response.
-        if "\r" in name or "\n" in name or ":" in name or "\r" in value or "\n" in value:
-            raise ValueError(f"invalid character in header field {name!r}")
-        out.append((name.encode("latin-1"), value.encode("latin-1")))
-    return out
-
-
-class Response:
-    """A complete response with its body in memory.
-
-    ``Response(b"Hello", content_type="text/plain")`` sends ``Content-Length: 5``. ``body`` may
-    be ``bytes`` or ``str`` (encoded as UTF-8; the default content type is then
-    ``text/plain; charset=utf-8``, and ``application/octet-stream`` for bytes). ``headers`` is a
-    mapping or a list of pairs; ``Content-Length``, ``Date``, ``Server`` and ``Connection`` are set
-    by the server and must not be given. Raises :class:`ValueError` for a header value with CR or
-    LF.
-    """
-
-    __slots__ = ("body", "content_type", "headers", "status")
-
-    def __init__(
-        self,
-        body: bytes | str = b"",
-        status: int = 200,
-        headers: HeaderInput = None,
-        content_type: str | None = None,
-    ) -> None:
-        if isinstance(body, str):
-            body = body.encode()
-            if content_type is None:
-                content_type = "text/plain; charset=utf-8"
-        self.body: bytes = body
-        self.status = status
-        self.content_type = content_type
-        self.headers = _encode_headers(headers) if headers else []
-
-    def __repr__(self) -> str:
-        return f"<Response {self.status} {len(self.body)} bytes>"
-
-
-class StreamResponse:
-    """A response whose body comes from an async (or plain) iterator of ``bytes``/``str``.
-
-    Sent with ``Transfer-Encoding: chunked`` to HTTP/1.1 clients (one chunk per item; empty
-    items are skipped), and to HTTP/1.0 clients as raw bytes ended by closing the connection. The
-    server waits for the client to keep up before pulling the next item, so a slow reader holds at
-    most the write buffer's high-water mark. Give ``content_length`` if it is known: the body is
-    then sent unchunked and must be exactly that long (a short body aborts the connection).
-    """
-
-    __slots__ = ("content_length", "content_type", "headers", "iterator", "status")
-
-    def __init__(
-        self,
-        iterator: AsyncIterable[bytes | str] | Iterable[bytes | str],
-        status: int = 200,
-        headers: HeaderInput = None,
-        content_type: str | None = "application/octet-stream",
-        content_length: int | None = None,
-    ) -> None:
-        self.iterator = iterator
-        self.status = status
-        self.content_type = content_type
-        self.headers = _encode_headers(headers) if headers else []
-        self.content_length = content_length
 
 
 class Headers(Mapping[str, str]):
@@ -126,14 +61,21 @@ class Headers(Mapping[str, str]):
     ``headers["content-type"]`` gives the first value, :meth:`getall` every value in order.
     """
 
-    __slots__ = ("_raw",)
+    __slots__ = ("_lower", "_raw")
 
     def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
-        self._raw = raw  # names are lowercase already (the reader lowercases them)
+        self._raw = raw  # names as the client sent them
+        self._lower: list[tuple[bytes, bytes]] | None = None
+
+    def _fields(self) -> list[tuple[bytes, bytes]]:
+        lower = self._lower
+        if lower is None:
+            lower = self._lower = [(k.lower(), v) for k, v in self._raw]
+        return lower
 
     def get_bytes(self, name: bytes) -> bytes | None:
         """The first raw value for a lowercase ``name``, or None. The fastest lookup."""
-        for key, value in self._raw:
+        for key, value in self._fields():
             if key == name:
                 return value
         return None
@@ -145,28 +87,99 @@ class Headers(Mapping[str, str]):
         return value.decode("latin-1")
 
     def getall(self, name: str) -> list[str]:
+        """Every value of ``name``, in arrival order."""
         key = name.lower().encode("latin-1")
-        return [v.decode("latin-1") for k, v in self._raw if k == key]
+        return [v.decode("latin-1") for k, v in self._fields() if k == key]
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and self.get_bytes(name.lower().encode("latin-1")) is not None
 
     def __iter__(self) -> Iterator[str]:
         seen: set[bytes] = set()
-        for key, _ in self._raw:
+        for key, _ in self._fields():
             if key not in seen:
                 seen.add(key)
                 yield key.decode("latin-1")
 
     def __len__(self) -> int:
-        return len({k for k, _ in self._raw})
+        return len({k for k, _ in self._fields()})
 
     def raw(self) -> list[tuple[bytes, bytes]]:
         """All fields as ``(lowercase name, value)`` byte pairs, in arrival order."""
-        return list(self._raw)
+        return list(self._fields())
 
     def __repr__(self) -> str:
-        return f"Headers({[(k.decode('latin-1'), v.decode('latin-1')) for k, v in self._raw]})"
+        pairs = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in self._raw]
+        return f"Headers({pairs})"
+
+
+class RequestBody:
+    """Arrival state of one request body (only requests that have a body get one).
+
+    The connection feeds it (:meth:`feed`, :meth:`finish`, :meth:`fail`); the handler drains it
+    through :meth:`Request.body` or :meth:`Request.stream`.
+    """
+
+    __slots__ = (
+        "buffered",
+        "chunks",
+        "complete",
+        "consumed",
+        "content_length",
+        "discard",
+        "expect",
+        "kind",
+        "received",
+        "waiter",
+        "wants_all",
+    )
+
+    def __init__(self, kind: int, content_length: int, expect: bool) -> None:
+        self.kind = kind  # BODY_LENGTH or BODY_CHUNKED (wirespeed.proto.http11)
+        self.content_length = content_length
+        self.expect = expect  # the client waits for 100 Continue
+        self.chunks: list[bytes] = []
+        self.buffered = 0  # bytes in chunks
+        self.received = 0  # bytes received in all
+        self.complete = False
+        self.consumed = False  # a reader took it (body() or stream())
+        self.discard = False  # the response went out without the body: drop what arrives
+        self.wants_all = False  # body() waits for all of it: do not pause reading
+        self.waiter: asyncio.Future[None] | None = None
+
+    def feed(self, chunk: bytes) -> None:
+        self.chunks.append(chunk)
+        self.buffered += len(chunk)
+        self.received += len(chunk)
+        waiter = self.waiter
+        if waiter is not None and not self.wants_all:
+            self.waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def finish(self) -> None:
+        self.complete = True
+        self._wake()
+
+    def fail(self, exc: BaseException) -> None:
+        waiter = self.waiter
+        if waiter is not None:
+            self.waiter = None
+            if not waiter.done():
+                waiter.set_exception(exc)
+
+    def _wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None:
+            self.waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def take(self) -> list[bytes]:
+        chunks = self.chunks
+        self.chunks = []
+        self.buffered = 0
+        return chunks
 
 
 class Request:
@@ -183,21 +196,12 @@ class Request:
     """
 
     __slots__ = (
-        "_body_kind",
-        "_buffered",
-        "_chunks",
-        "_complete",
+        "_body",
         "_conn",
-        "_consumed",
-        "_content_length",
-        "_discard",
-        "_expect",
         "_headers",
         "_path",
         "_query",
         "_raw_headers",
-        "_waiter",
-        "_wants_all",
         "http_version",
         "keep_alive",
         "method",
@@ -215,9 +219,7 @@ class Request:
         http_version: str,
         raw_headers: list[tuple[bytes, bytes]],
         keep_alive: bool,
-        body_kind: int,
-        content_length: int,
-        expect: bool,
+        body: RequestBody | None,
     ) -> None:
         self._conn = conn
         self.method = method
@@ -226,21 +228,11 @@ class Request:
         self.http_version = http_version
         self._raw_headers = raw_headers
         self.keep_alive = keep_alive
-        self._body_kind = body_kind
-        self._content_length = content_length
-        self._expect = expect
-        self.path_params: dict[str, str] = {}
+        self._body = body
+        self.path_params: dict[str, str] = _NO_PARAMS
         self._path: str | None = None
         self._headers: Headers | None = None
         self._query: dict[str, str] | None = None
-        self._chunks: list[bytes] = []
-        self._buffered = 0
-        # No body at all means the body is complete from the start.
-        self._complete = body_kind == 0
-        self._consumed = False
-        self._discard = False  # the response went out without the body: drop what arrives
-        self._wants_all = False
-        self._waiter: asyncio.Future[None] | None = None
 
     # -- head ----------------------------------------------------------------------------------
 
@@ -266,7 +258,8 @@ class Request:
         query = self._query
         if query is None:
             query = {}
-            for key, value in parse_qsl(self.query_string.decode("latin-1"), keep_blank_values=True):
+            pairs = parse_qsl(self.query_string.decode("latin-1"), keep_blank_values=True)
+            for key, value in pairs:
                 query.setdefault(key, value)
             self._query = query
         return query
@@ -283,85 +276,65 @@ class Request:
     def __repr__(self) -> str:
         return f"<Request {self.method} {self.raw_path!r}>"
 
-    # -- body (fed by the connection) ---------------------------------------------------------
-
-    def _feed(self, chunk: bytes) -> None:
-        self._chunks.append(chunk)
-        self._buffered += len(chunk)
-        waiter = self._waiter
-        if waiter is not None and not self._wants_all:
-            self._waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
-
-    def _finish_body(self) -> None:
-        self._complete = True
-        waiter = self._waiter
-        if waiter is not None:
-            self._waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
-
-    def _fail(self, exc: BaseException) -> None:
-        waiter = self._waiter
-        if waiter is not None:
-            self._waiter = None
-            if not waiter.done():
-                waiter.set_exception(exc)
+    # -- body ----------------------------------------------------------------------------------
 
     @property
     def body_complete(self) -> bool:
         """True once every body byte has arrived (or there was no body)."""
-        return self._complete
+        return self._body is None or self._body.complete
 
-    async def _wait(self) -> None:
+    async def _wait(self, body: RequestBody) -> None:
         conn = self._conn
         if conn is None:
             raise ConnectionResetError("request has no connection")
-        if self._expect:
-            self._expect = False
+        if body.expect:
+            body.expect = False
             conn.send_continue()
         conn.want_body(self)
-        waiter = self._waiter = asyncio.get_running_loop().create_future()
+        waiter = body.waiter = asyncio.get_running_loop().create_future()
         await waiter
 
     async def body(self) -> bytes:
         """The whole request body. Raises :class:`ConnectionError` if the client goes away."""
-        if self._consumed:
+        body = self._body
+        if body is None:
+            return b""
+        if body.consumed:
             raise RuntimeError("request body already consumed")
-        self._wants_all = True
-        while not self._complete:
-            await self._wait()
-        self._consumed = True
-        chunks = self._chunks
-        self._chunks = []
-        self._buffered = 0
-        if len(chunks) == 1:
-            return chunks[0]
-        return b"".join(chunks)
+        body.wants_all = True
+        while not body.complete:
+            await self._wait(body)
+        body.consumed = True
+        chunks = body.take()
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
-    async def stream(self) -> AsyncIterable[bytes]:
+    async def stream(self) -> AsyncIterator[bytes]:
         """Yield the request body in pieces as they arrive, with backpressure on the client."""
-        if self._consumed:
+        body = self._body
+        if body is None:
+            return
+        if body.consumed:
             raise RuntimeError("request body already consumed")
-        self._consumed = True
+        body.consumed = True
         while True:
-            if self._chunks:
-                chunks = self._chunks
-                self._chunks = []
-                self._buffered = 0
+            if body.chunks:
+                chunks = body.take()
                 if self._conn is not None:
                     self._conn.want_body(self)
                 for chunk in chunks:
                     yield chunk
-            elif self._complete:
+            elif body.complete:
                 return
             else:
-                await self._wait()
+                await self._wait(body)
 
     async def json(self) -> Any:
         """The body parsed as JSON (orjson). Raises :class:`ValueError` on invalid JSON."""
         return orjson.loads(await self.body())
+
+
+# Shared by every request without path parameters; handlers must not mutate it.
+_NO_PARAMS: dict[str, str] = {}
 
 
 # -- routing ---------------------------------------------------------------------------------
@@ -385,8 +358,10 @@ class Route:
             for m in _PARAM_RE.finditer(path):
                 pattern += re.escape(path[last : m.start()])
                 # {name} matches one segment; {name:path} the rest of the path.
-                pattern += f"(?P<{m.group(1)}>.+)" if m.group(0).endswith(":path}") else (
-                    f"(?P<{m.group(1)}>[^/]+)"
+                pattern += (
+                    f"(?P<{m.group(1)}>.+)"
+                    if m.group(0).endswith(":path}")
+                    else (f"(?P<{m.group(1)}>[^/]+)")
                 )
                 last = m.end()
             pattern += re.escape(path[last:]) + "$"
@@ -450,8 +425,8 @@ class App:
             raise ValueError(f"route path must start with '/': {path!r}")
         route = self._route_for(path)
         endpoint = Endpoint(handler, blocking)
-        for method in methods:
-            method = method.upper()
+        for name in methods:
+            method = name.upper()
             if method in route.methods:
                 raise ValueError(f"duplicate route: {method} {path}")
             route.methods[method] = endpoint
@@ -507,6 +482,17 @@ class App:
         self._mounts.sort(key=lambda m: len(m[0]), reverse=True)
         self._mount_endpoints = {p: Endpoint(h, False) for p, h in self._mounts}
 
+    def static(self, prefix: str, directory: str | os.PathLike[str], **options: Any) -> None:
+        """Serve the files under ``directory`` at ``prefix`` (zero-copy, ranges, validators).
+
+        ``options`` are those of :class:`~wirespeed.server.static.StaticFiles`: ``index``,
+        ``follow_symlinks``, ``precompressed``, ``limit_rate``, ``limit_rate_after``,
+        ``content_types``. Raises :class:`NotADirectoryError` if ``directory`` is not one.
+        """
+        from wirespeed.server.static import StaticFiles  # noqa: PLC0415 - static imports app
+
+        self.mount(prefix, StaticFiles(directory, **options))
+
     # -- dispatch (called by the connection) ---------------------------------------------------
 
     def resolve(self, method: str, path: str) -> Resolved:
@@ -545,20 +531,3 @@ class App:
         if "GET" in methods:
             methods.add("HEAD")
         return ", ".join(sorted(methods))
-
-
-def to_response(result: HandlerResult) -> Response | StreamResponse:
-    """Turn what a handler returned into a response object (see :class:`App`)."""
-    if isinstance(result, (Response, StreamResponse)):
-        return result
-    if isinstance(result, bytes):
-        return Response(result, content_type="text/plain")
-    if isinstance(result, str):
-        return Response(result)
-    if isinstance(result, (dict, list)):
-        return Response(orjson.dumps(result), content_type="application/json")
-    if result is None:
-        return Response(b"", status=204)
-    if hasattr(result, "__aiter__"):
-        return StreamResponse(result)
-    raise TypeError(f"handler returned {type(result).__name__}, not a response")

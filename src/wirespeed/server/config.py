@@ -43,6 +43,9 @@ class ServerConfig:
     body_high_water: int = 256 * 1024
     write_high_water: int = HIGH_WATER
     write_low_water: int = LOW_WATER
+    # sendfile for file bodies; False forces the bounded-chunk copying path (for comparison,
+    # and for filesystems or sockets where sendfile is not possible).
+    zero_copy: bool = True
     server_header: str = "wirespeed"
     access_log: bool = False
 

@@ -28,26 +28,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import stat
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Coroutine, Generator, Iterator
+from collections.abc import AsyncIterator, Coroutine, Generator, Iterator, Sequence
 from email.utils import formatdate
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, cast
 
+from wirespeed.codec.negotiate import parse_accept_encoding
 from wirespeed.io.flow import WriteFlow
+from wirespeed.io.pacing import RateLimiter
 from wirespeed.io.tuning import SocketOptions, apply_connection_options
+from wirespeed.io.zerocopy import FileSender, FileTruncated
 from wirespeed.proto.errors import ProtocolError
-from wirespeed.proto.http11 import BODY_CHUNKED, BODY_LENGTH, RequestReader, split_target
-from wirespeed.server.app import (
-    App,
-    Endpoint,
-    Request,
-    Response,
-    StreamResponse,
-    to_response,
-)
+from wirespeed.proto.http11 import BODY_LENGTH, RequestReader, split_target
+from wirespeed.server.app import App, Request, RequestBody
 from wirespeed.server.config import ServerConfig
+from wirespeed.server.responses import FileResponse, Response, StreamResponse, to_response
+from wirespeed.server.static import PRECOMPRESSED, plan_file
 
 if TYPE_CHECKING:
     from wirespeed.proto.http11 import Limits
@@ -86,7 +86,7 @@ def _content_type_line(content_type: str) -> bytes:
 
 def _no_body_status(status: int) -> bool:
     # RFC 9110 §6.4.1: 1xx, 204 and 304 never carry content.
-    return status < 200 or status == 204 or status == 304
+    return status < 200 or status in {204, 304}
 
 
 # Unread request body we are willing to read and discard to keep a connection alive after the
@@ -186,6 +186,7 @@ class HttpProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.reader = RequestReader(self, state.limits)
         self.flow = WriteFlow()
+        self.sender: FileSender | None = None  # created by the first file response
         self.peer: tuple[str, int] | None = None
         self.closed = False
         self.closing = False  # answer what is in flight, then close
@@ -236,13 +237,15 @@ class HttpProtocol(asyncio.Protocol):
         self.closed = True
         self.state.connections.discard(self)
         self.flow.close()
+        if self.sender is not None:
+            self.sender.close()
         task = self.task
         if task is not None and not task.done():
             task.cancel()
         lost = ConnectionResetError("client disconnected")
         for req in (self.current, self.parsing, *self.queue):
-            if req is not None:
-                req._fail(lost)
+            if req is not None and req._body is not None:
+                req._body.fail(lost)
         self.queue.clear()
         self.current = self.parsing = None
 
@@ -272,7 +275,9 @@ class HttpProtocol(asyncio.Protocol):
             return
         parsing = self.parsing
         if parsing is not None:
-            if parsing._buffered > self.config.body_high_water and not parsing._wants_all:
+            body = parsing._body
+            assert body is not None
+            if body.buffered > self.config.body_high_water and not body.wants_all:
                 self._pause_reading()
             self.deadline_kind = _BODY
             self.deadline = self.state.now + self.config.body_timeout
@@ -290,8 +295,8 @@ class HttpProtocol(asyncio.Protocol):
         if self.lingering or (self.current is None and not self.queue):
             return False
         self.closing = True
-        if self.parsing is not None and not self.parsing.body_complete:
-            self.parsing._fail(ConnectionResetError("client closed before sending the body"))
+        if self.parsing is not None and self.parsing._body is not None:
+            self.parsing._body.fail(ConnectionResetError("client closed before sending the body"))
         return True
 
     # -- RequestReader sink --------------------------------------------------------------------
@@ -311,20 +316,12 @@ class HttpProtocol(asyncio.Protocol):
             path, query = target, b""
         else:
             path, query = split_target(target)
-        req = Request(
-            self,
-            method,
-            path,
-            query,
-            version,
-            headers,
-            keep_alive,
-            body_kind,
-            content_length,
-            expect_continue,
-        )
         if body_kind:
+            body = RequestBody(body_kind, content_length, expect_continue)
+            req = Request(self, method, path, query, version, headers, keep_alive, body)
             self.parsing = req
+        else:
+            req = Request(self, method, path, query, version, headers, keep_alive, None)
         if self.current is None and not self.advancing:
             self.current = req
             self._start(req)
@@ -335,15 +332,18 @@ class HttpProtocol(asyncio.Protocol):
 
     def on_body(self, chunk: bytes) -> None:
         req = self.parsing
-        if req is not None and not req._discard:
-            req._feed(chunk)
+        if req is not None:
+            body = req._body
+            if body is not None and not body.discard:
+                body.feed(chunk)
 
     def on_request_complete(self) -> None:
         req = self.parsing
         if req is None:
             return  # a request without body: complete from the start
         self.parsing = None
-        req._finish_body()
+        if req._body is not None:
+            req._body.finish()
         if req is self.current and self.response_done:
             self._request_done()
 
@@ -364,24 +364,23 @@ class HttpProtocol(asyncio.Protocol):
             return
         if params:
             req.path_params = params
-        self._run(req, endpoint)
-
-    def _run(self, req: Request, endpoint: Endpoint) -> None:
         func = endpoint.func
         if endpoint.is_async:
             try:
                 coro = func(req)
                 first = coro.send(None)
             except StopIteration as stop:
-                self._respond(req, stop.value)
-                return
+                result = stop.value
             except Exception as exc:
                 self._handler_failed(req, exc)
                 return
-            self.task = self.loop.create_task(self._finish_handler(req, _Continue(coro, first)))
+            else:
+                self.task = self.loop.create_task(self._finish_handler(req, _Continue(coro, first)))
+                return
         elif endpoint.blocking:
             future = self.loop.run_in_executor(None, func, req)
             self.task = self.loop.create_task(self._finish_handler(req, future))
+            return
         else:
             try:
                 result = func(req)
@@ -392,6 +391,15 @@ class HttpProtocol(asyncio.Protocol):
                 # A plain function that returned an awaitable (e.g. a partial of an async def).
                 self.task = self.loop.create_task(self._finish_handler(req, result))
                 return
+        if type(result) is Response:
+            # The fast path: a complete response from a handler that never suspended.
+            try:
+                self._write_response(req, result)
+            except Exception as exc:
+                self._handler_failed(req, exc)
+                return
+            self._response_finished(req)
+        else:
             self._respond(req, result)
 
     async def _finish_handler(self, req: Request, awaitable: Any) -> None:
@@ -406,6 +414,7 @@ class HttpProtocol(asyncio.Protocol):
             self.task = None
         if req is self.current and not self.closed:
             self._respond(req, result)
+            self._idle_after_task()
 
     def _handler_failed(self, req: Request, exc: BaseException) -> None:
         if isinstance(exc, ConnectionError) and self.closed:
@@ -429,6 +438,8 @@ class HttpProtocol(asyncio.Protocol):
             if isinstance(response, Response):
                 self._write_response(req, response)
                 self._response_finished(req)
+            elif isinstance(response, FileResponse):
+                self.task = self.loop.create_task(self._write_file(req, response))
             else:
                 self.task = self.loop.create_task(self._write_stream(req, response))
         except Exception as exc:
@@ -441,7 +452,7 @@ class HttpProtocol(asyncio.Protocol):
         req: Request,
         status: int,
         content_type: str | None,
-        headers: list[tuple[bytes, bytes]],
+        headers: Sequence[tuple[bytes, bytes]],
         length_line: bytes,
     ) -> bytes:
         parts = [status_line(status), self.state.head_prefix]
@@ -463,28 +474,34 @@ class HttpProtocol(asyncio.Protocol):
     def _write_response(self, req: Request, response: Response) -> None:
         status = response.status
         body = response.body
-        if _no_body_status(status):
-            head = self._head(req, status, None, response.headers, b"")
-            body = b""
-        else:
-            head = self._head(
-                req,
-                status,
-                response.content_type or "application/octet-stream",
-                response.headers,
-                b"Content-Length: %d\r\n" % len(body),
-            )
+        parts = [_STATUS_LINES.get(status) or status_line(status), self.state.head_prefix]
+        if status >= 200 and status != 204 and status != 304:  # noqa: PLR1714
+            content_type = response.content_type or "application/octet-stream"
+            parts.append(_CONTENT_TYPES.get(content_type) or _content_type_line(content_type))
+            parts.append(b"Content-Length: %d\r\n" % len(body))
             if req.method == "HEAD":
                 body = b""
+        else:
+            body = b""  # RFC 9110 §6.4.1: 1xx, 204 and 304 never carry content
+        for name, value in response.headers:
+            parts += (name, b": ", value, b"\r\n")
+        if not self.keep_alive or self.closing:
+            self.keep_alive = False
+            parts.append(b"Connection: close\r\n\r\n")
+        elif req.http_version == "1.0":
+            parts.append(b"Connection: keep-alive\r\n\r\n")
+        else:
+            parts.append(b"\r\n")
         transport = self.transport
         assert transport is not None
         self.responded = True
         # One write for head and small bodies (one syscall, one segment); large bodies are not
         # copied into a new buffer just to prepend the head.
         if len(body) <= 64 * 1024:
-            transport.write(head + body if body else head)
+            parts.append(body)
+            transport.write(b"".join(parts))
         else:
-            transport.writelines((head, body))
+            transport.writelines((b"".join(parts), body))
         if self.config.access_log:
             path = req.raw_path.decode("latin-1")
             access_log.info("%s %s %s %d %d", self.peer, req.method, path, status, len(body))
@@ -503,7 +520,7 @@ class HttpProtocol(asyncio.Protocol):
             framing = []
             length_line = b"Content-Length: %d\r\n" % length if length is not None else b""
         head = self._head(
-            req, response.status, response.content_type, response.headers + framing, length_line
+            req, response.status, response.content_type, [*response.headers, *framing], length_line
         )
         iterator = response.iterator
         sent = 0
@@ -548,6 +565,129 @@ class HttpProtocol(asyncio.Protocol):
                     error_log.exception("closing a response stream failed")
         if not self.closed:
             self._response_finished(req)
+            self._idle_after_task()
+
+    async def _write_file(self, req: Request, response: FileResponse) -> None:
+        try:
+            await self._send_file(req, response)
+        except asyncio.CancelledError:
+            return
+        except ConnectionError:
+            self._abort()
+            return
+        except FileTruncated:
+            # Content-Length is out; fewer bytes exist. Closing is the only honest signal.
+            error_log.warning("file shrank while being sent: %s", response.path)
+            self._abort()
+            return
+        except Exception as exc:
+            self._handler_failed(req, exc)
+            return
+        finally:
+            self.task = None
+        if not self.closed:
+            self._response_finished(req)
+            self._idle_after_task()
+
+    async def _send_file(self, req: Request, response: FileResponse) -> None:
+        try:
+            fd = os.open(response.path, os.O_RDONLY | os.O_CLOEXEC)
+        except (FileNotFoundError, NotADirectoryError):
+            self._write_simple(req, 404, "not found")
+            return
+        except PermissionError:
+            self._write_simple(req, 403, "forbidden")
+            return
+        try:
+            # Everything below describes the open descriptor, never an earlier stat of the path.
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                self._write_simple(req, 404, "not found")
+                return
+            headers = req.headers
+            coding = None
+            if response.precompressed and response.status == 200:
+                fd, st, coding = self._precompressed(response.path, headers.get_bytes, fd, st)
+            plan = plan_file(
+                req.method,
+                headers.get_bytes,
+                status=response.status,
+                size=st.st_size,
+                mtime=st.st_mtime,
+                mtime_ns=st.st_mtime_ns,
+                now=time.time(),
+                content_type=response.content_type,
+                coding=coding,
+                vary=response.precompressed,
+            )
+            fields = [*plan.fields, *response.headers]
+            head = self._head(
+                req,
+                plan.status,
+                plan.content_type,
+                fields,
+                b"Content-Length: %d\r\n" % (plan.content_length),
+            )
+            self.responded = True
+            if req.method == "HEAD" or not plan.segments:
+                assert self.transport is not None
+                self.transport.write(head)
+                return
+            sender = self.sender
+            if sender is None:
+                assert self.transport is not None
+                sender = self.sender = FileSender(
+                    self.loop,
+                    self.transport,
+                    self.flow,
+                    zero_copy=self.config.zero_copy,
+                    high_water=self.config.write_high_water,
+                    low_water=self.config.write_low_water,
+                )
+            pacer = None
+            if response.limit_rate is not None:
+                pacer = RateLimiter(response.limit_rate, response.limit_rate_after)
+            await sender.send([head, *plan.segments], fd, pacer)
+        finally:
+            os.close(fd)
+
+    def _precompressed(
+        self,
+        path: str,
+        header: Any,
+        fd: int,
+        st: os.stat_result,
+    ) -> tuple[int, os.stat_result, str | None]:
+        """Swap ``fd`` for a precompressed sibling the client accepts, if a fresh one exists."""
+        if header(b"range") is not None:
+            return fd, st, None  # ranges always address the identity bytes (as nginx does)
+        accept = header(b"accept-encoding")
+        if accept is None:
+            return fd, st, None
+        weights = parse_accept_encoding(accept.decode("latin-1"))
+        star = weights.get("*", 0.0)
+        candidates = sorted(
+            (c for c in PRECOMPRESSED if weights.get(c[0], star) > 0),
+            key=lambda c: -weights.get(c[0], star),  # stable: our order breaks ties
+        )
+        for coding, suffix in candidates:
+            try:
+                sibling = os.open(path + suffix, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                continue
+            sst = os.fstat(sibling)
+            # A sibling older than the original is stale: never serve it.
+            if stat.S_ISREG(sst.st_mode) and sst.st_mtime_ns >= st.st_mtime_ns:
+                os.close(fd)
+                return sibling, sst, coding
+            os.close(sibling)
+        return fd, st, None
+
+    def _write_simple(self, req: Request, status: int, reason: str) -> None:
+        """A short plain-text answer from inside a response task."""
+        self._write_response(
+            req, Response(reason.encode() + b"\n", status, content_type="text/plain; charset=utf-8")
+        )
 
     def _send_error(
         self,
@@ -561,7 +701,7 @@ class HttpProtocol(asyncio.Protocol):
         if req is None:
             # No request to speak of (the head itself was bad): always close afterwards.
             self.keep_alive = False
-            req = Request(None, "GET", b"/", b"", "1.1", [], False, 0, 0, False)
+            req = Request(None, "GET", b"/", b"", "1.1", [], False, None)
         response = Response(body, status, content_type="text/plain; charset=utf-8")
         if headers:
             response.headers = headers
@@ -587,24 +727,29 @@ class HttpProtocol(asyncio.Protocol):
         if not self.keep_alive:
             self._close()
             return
-        if req._complete:
-            self._request_done()
+        body = req._body
+        if body is None or body.complete:
+            if self.queue or self.closing or self.pending_error is not None:
+                self._request_done()
+            else:
+                # Idle. The keep-alive deadline is armed by data_received() after this feed,
+                # or by the task that finished this response.
+                self.current = None
+                if self.read_paused:
+                    self._resume_reading()
             return
         # The handler answered without reading the whole body.
-        unread = (
-            req._content_length - req._buffered
-            if req._body_kind == BODY_LENGTH
-            else _DRAIN_LIMIT + 1
-        )
-        if req._expect and not self.continue_sent:
+        # Chunked: the rest is of unknown length, so only closing bounds the work.
+        unread = body.content_length - body.received if body.kind == BODY_LENGTH else _DRAIN_LIMIT
+        if body.expect and not self.continue_sent:
             # The client is still waiting for permission to send it: it may not come. Close.
             self._close()
-        elif unread > _DRAIN_LIMIT or req._body_kind == BODY_CHUNKED and not req._complete:
+        elif unread >= _DRAIN_LIMIT:
             self._close()
         else:
             # Read and drop the rest, then continue with the next request.
-            req._discard = True
-            req._chunks.clear()
+            body.discard = True
+            body.take()
             if self.read_paused:
                 self._resume_reading()
 
@@ -642,6 +787,12 @@ class HttpProtocol(asyncio.Protocol):
             else:
                 self._go_idle()
 
+    def _idle_after_task(self) -> None:
+        # data_received() arms the idle deadline after each feed; a response finished by a
+        # task has no feed after it, so it arms the deadline itself.
+        if self.current is None and not self.closed:
+            self._go_idle()
+
     def _go_idle(self) -> None:
         if self.reader.mid_message:
             # Part of the next head is here: the slowloris clock runs from its first byte.
@@ -670,8 +821,8 @@ class HttpProtocol(asyncio.Protocol):
         if self.task is not None:
             self.task.cancel()
             self.task = None
-        if current is not None:
-            current._fail(ConnectionResetError("request refused"))
+        if current is not None and current._body is not None:
+            current._body.fail(ConnectionResetError("request refused"))
         self.queue.clear()
         self.parsing = None
         self.keep_alive = False
@@ -689,7 +840,7 @@ class HttpProtocol(asyncio.Protocol):
         kind = self.deadline_kind
         if kind == _NONE or now < self.deadline:
             return
-        if kind == _IDLE or kind == _LINGER:
+        if kind in (_IDLE, _LINGER):
             self._abort() if kind == _LINGER else self._close()
         elif kind == _HEADER:
             self.deadline_kind = _NONE

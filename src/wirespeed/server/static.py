@@ -1,0 +1,265 @@
+"""Static files: safe path resolution, MIME types, and the HTTP plan of a file response.
+
+Theory of operation
+-------------------
+:class:`StaticFiles` is a handler (mount it with :meth:`App.static`). For each request it maps
+the percent-decoded path to a file strictly inside its root and returns a :class:`FileResponse`;
+it never opens anything itself. The connection then opens the file, ``fstat``\\ s the *open
+descriptor* (so size, mtime and ETag describe exactly the bytes it will send, even if the path is
+replaced meanwhile), picks a precompressed sibling when the client accepts it, and asks
+:func:`plan_file` what to answer: 200, 206 (single range or ``multipart/byteranges``), 304, 412
+or 416, with which header fields and which file segments. :func:`plan_file` is pure; the bytes
+then leave by ``sendfile`` (:mod:`wirespeed.io.zerocopy`).
+
+Path safety (aiohttp's and Go's rules): the request path is split on ``/`` after
+percent-decoding; a segment of ``..``, a backslash or a NUL anywhere, or a segment that is
+absolute on its own, is refused (404, saying nothing about what exists). The joined path is then
+resolved with ``realpath`` and must still lie under the root's real path, so a symlink cannot
+lead outside unless ``follow_symlinks=True`` was given explicitly. Directories answer with their
+``index.html`` (a path without the trailing slash is redirected to the slash form first, as nginx
+does, so relative links in the index work); listings are never generated.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+from urllib.parse import quote
+
+from wirespeed.io.zerocopy import Segment
+from wirespeed.proto.conditional import Precondition, evaluate_preconditions, if_range_allows
+from wirespeed.proto.etag import make_etag
+from wirespeed.proto.httpdate import format_http_date
+from wirespeed.proto.ranges import (
+    RangeNotSatisfiable,
+    make_boundary,
+    multipart_content_type,
+    multipart_plan,
+    parse_range,
+)
+from wirespeed.server.mime import content_type_for
+from wirespeed.server.responses import FileResponse, Response
+
+if TYPE_CHECKING:
+    from wirespeed.server.app import App, Request
+
+__all__ = [
+    "PRECOMPRESSED",
+    "FilePlan",
+    "StaticFiles",
+    "plan_file",
+    "resolve_path",
+    "static_app",
+]
+
+# Codings with a precompressed sibling suffix, best ratio first (the order we prefer on ties).
+PRECOMPRESSED: tuple[tuple[str, str], ...] = (("zstd", ".zst"), ("br", ".br"), ("gzip", ".gz"))
+
+# -- path resolution ------------------------------------------------------------------------
+
+
+def resolve_path(root: str, relative: str, *, follow_symlinks: bool = False) -> str | None:
+    """The real path of ``relative`` (a decoded URL path) under ``root``, or None if unsafe.
+
+    ``root`` must be an absolute real path (``os.path.realpath`` of the folder). The file need
+    not exist; None means "never serve this", whatever is on disk.
+    """
+    if "\x00" in relative or "\\" in relative:
+        return None
+    parts = []
+    for segment in relative.split("/"):
+        if segment in ("", "."):
+            continue
+        if segment == ".." or (":" in segment and os.name == "nt"):
+            return None
+        parts.append(segment)
+    candidate = os.path.join(root, *parts)
+    if follow_symlinks:
+        return candidate
+    real = os.path.realpath(candidate)
+    if real != root and not real.startswith(root + os.sep):
+        return None
+    return real
+
+
+class StaticFiles:
+    """A handler serving the files under ``directory``.
+
+    Mount it with ``app.static("/media", "/srv/media")`` (or :meth:`App.mount`). Options:
+    ``index`` (file answered for a directory, default ``index.html``; None disables),
+    ``follow_symlinks`` (allow symlinks that lead outside the root; default off),
+    ``precompressed`` (serve ``.zst``/``.br``/``.gz`` siblings to clients that accept them;
+    default on), ``limit_rate`` / ``limit_rate_after`` (per-connection pacing, bytes),
+    ``content_types`` (extension -> type overrides, e.g. ``{".ts": "video/mp2t"}``).
+    Only GET and HEAD are allowed (405 otherwise).
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        index: str | None = "index.html",
+        follow_symlinks: bool = False,
+        precompressed: bool = True,
+        limit_rate: int | None = None,
+        limit_rate_after: int = 0,
+        content_types: Mapping[str, str] | None = None,
+    ) -> None:
+        root = os.path.realpath(os.fspath(directory))
+        if not os.path.isdir(root):
+            raise NotADirectoryError(f"not a directory: {directory}")
+        self.root = root
+        self.index = index
+        self.follow_symlinks = follow_symlinks
+        self.precompressed = precompressed
+        self.limit_rate = limit_rate
+        self.limit_rate_after = limit_rate_after
+        self.content_types = dict(content_types or {})
+
+    def __call__(self, request: Request) -> Response | FileResponse:
+        if request.method not in ("GET", "HEAD"):
+            return Response(
+                b"method not allowed\n",
+                405,
+                headers={"Allow": "GET, HEAD"},
+                content_type="text/plain; charset=utf-8",
+            )
+        relative = request.path_params.get("path", request.path)
+        path = resolve_path(self.root, relative, follow_symlinks=self.follow_symlinks)
+        if path is None:
+            return _not_found()
+        if os.path.isdir(path):
+            if not request.path.endswith("/"):
+                location = quote(request.path + "/", safe="/")
+                if request.query_string:
+                    location += "?" + request.query_string.decode("latin-1")
+                return Response(
+                    b"",
+                    301,
+                    headers={"Location": location},
+                    content_type="text/plain; charset=utf-8",
+                )
+            if self.index is None:
+                return _not_found()
+            path = os.path.join(path, self.index)
+        return FileResponse(
+            path,
+            content_type=content_type_for(path, self.content_types),
+            limit_rate=self.limit_rate,
+            limit_rate_after=self.limit_rate_after,
+            precompressed=self.precompressed,
+        )
+
+
+def _not_found() -> Response:
+    return Response(b"not found\n", 404, content_type="text/plain; charset=utf-8")
+
+
+def static_app(directory: str | os.PathLike[str], **options: object) -> App:
+    """An :class:`App` that serves ``directory`` at ``/`` (what ``wirespeed serve DIR`` runs)."""
+    from wirespeed.server.app import App  # noqa: PLC0415 - app imports this module lazily too
+
+    app = App()
+    app.static("/", directory, **options)
+    return app
+
+
+# -- the response plan (pure) ---------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class FilePlan:
+    """What to send for a file: status, header fields, content type and body segments."""
+
+    status: int
+    content_type: str | None
+    fields: list[tuple[bytes, bytes]]
+    content_length: int
+    segments: list[Segment]
+
+
+def plan_file(
+    method: str,
+    header: Callable[[bytes], bytes | None],
+    *,
+    status: int,
+    size: int,
+    mtime: float,
+    mtime_ns: int,
+    now: float,
+    content_type: str,
+    coding: str | None,
+    vary: bool,
+) -> FilePlan:
+    """Decide the answer to ``method`` for a file of ``size`` bytes.
+
+    ``header(name)`` returns a request header's raw value (lowercase name) or None. ``coding``
+    is the content coding of the representation being sent (None for identity), ``vary`` whether
+    ``Vary: Accept-Encoding`` belongs on the response. ``status`` is the status for a full
+    response (200 unless the handler chose another, which disables ranges and preconditions).
+    """
+    etag = make_etag(size, mtime_ns, coding)
+    # RFC 9110 §8.8.2.1: Last-Modified must not be later than Date.
+    modified = min(mtime, now)
+    fields: list[tuple[bytes, bytes]] = [
+        (b"ETag", etag.encode("ascii")),
+        (b"Last-Modified", format_http_date(modified).encode("ascii")),
+    ]
+    if coding is not None:
+        fields.append((b"Content-Encoding", coding.encode("ascii")))
+    if vary:
+        fields.append((b"Vary", b"Accept-Encoding"))
+    if status != 200:
+        return FilePlan(status, content_type, fields, size, [(0, size)] if size else [])
+    fields.append((b"Accept-Ranges", b"bytes"))
+
+    def text(name: bytes) -> str | None:
+        value = header(name)
+        return None if value is None else value.decode("latin-1")
+
+    outcome = evaluate_preconditions(
+        method,
+        etag,
+        modified,
+        if_match=text(b"if-match"),
+        if_unmodified_since=text(b"if-unmodified-since"),
+        if_none_match=text(b"if-none-match"),
+        if_modified_since=text(b"if-modified-since"),
+    )
+    if outcome is Precondition.NOT_MODIFIED:
+        return FilePlan(304, None, fields, 0, [])
+    if outcome is Precondition.PRECONDITION_FAILED:
+        return FilePlan(412, None, fields, 0, [])
+    range_header = text(b"range")
+    if (
+        method == "GET"
+        and range_header is not None
+        and coding is None
+        and if_range_allows(text(b"if-range"), etag, modified)
+    ):
+        try:
+            ranges = parse_range(range_header, size)
+        except RangeNotSatisfiable as exc:
+            fields.append((b"Content-Range", exc.content_range.encode("ascii")))
+            return FilePlan(416, None, fields, 0, [])
+        if ranges is not None and len(ranges) == 1:
+            r = ranges[0]
+            fields.append((b"Content-Range", r.content_range(size).encode("ascii")))
+            return FilePlan(206, content_type, fields, r.length, [(r.start, r.length)])
+        if ranges is not None:
+            boundary = make_boundary()
+            plan = multipart_plan(ranges, size, content_type, boundary)
+            segments: list[Segment] = []
+            for part_head, part in plan.parts:
+                segments += (part_head, (part.start, part.length))
+            segments.append(plan.trailer)
+            return FilePlan(
+                206,
+                multipart_content_type(boundary),
+                fields,
+                plan.content_length,
+                segments,
+            )
+    return FilePlan(200, content_type, fields, size, [(0, size)] if size else [])
