@@ -33,7 +33,6 @@ import stat
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Coroutine, Generator, Iterator, Sequence
-from email.utils import formatdate
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, cast
 
@@ -43,6 +42,7 @@ from wirespeed.io.pacing import RateLimiter
 from wirespeed.io.tuning import SocketOptions, apply_connection_options
 from wirespeed.io.zerocopy import FileSender, FileTruncated
 from wirespeed.proto.errors import ProtocolError
+from wirespeed.proto.httpdate import format_http_date
 from wirespeed.proto.http11 import BODY_LENGTH, RequestReader, split_target
 from wirespeed.server.app import App, Request, RequestBody
 from wirespeed.server.config import ServerConfig
@@ -127,7 +127,7 @@ class ServerState:
         second = int(time.time())
         if second != self._date_second:
             self._date_second = second
-            date = formatdate(second, usegmt=True).encode("ascii")
+            date = format_http_date(second).encode("ascii")
             self.head_prefix = self._server_line + b"Date: " + date + b"\r\n"
 
     def tick(self) -> None:
