@@ -7,8 +7,8 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
 # System tools the tests and the lab drive for real. Installed with apt-get when missing and root.
-TEST_TOOLS  := curl strace ffmpeg
-BENCH_TOOLS := wrk nginx go
+TEST_TOOLS  := curl strace ffmpeg wrk cc
+BENCH_TOOLS := wrk nginx go node cc
 
 .PHONY: install sys-test sys-bench test lint typecheck pytest bench bench-quick serve clean
 

@@ -9,6 +9,8 @@ for tool in "$@"; do
         ffmpeg|ffprobe) pkg=ffmpeg ;;
         go) pkg=golang-go ;;
         nginx) pkg=nginx-light ;;
+        node) pkg=nodejs ;;
+        cc) pkg=gcc ;;
         *) pkg=$tool ;;
     esac
     missing="$missing $pkg"

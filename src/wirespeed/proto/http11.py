@@ -16,7 +16,8 @@ wraps it and adds what llhttp leaves to the application, all of it from RFC 9112
 The reader is pure: no asyncio, sockets or files. It is fed bytes (whole or one at a time, with
 the same result) and calls three methods on a *sink* (the connection): ``on_request`` when a head is
 complete, ``on_body`` for each piece of body, ``on_request_complete`` at the end of each message.
-Every refusal raises :class:`~wirespeed.proto.errors.ProtocolError` from :meth:`RequestReader.feed`;
+``on_request_complete`` is called only for requests with a body. Every refusal raises
+:class:`~wirespeed.proto.errors.ProtocolError` from :meth:`RequestReader.feed`;
 after one, the reader is spent and the connection must close.
 
 Bounding the head: llhttp streams, but httptools buffers a header field until it is complete, so an
@@ -90,7 +91,11 @@ class RequestSink(Protocol):
 
     def on_body(self, chunk: bytes) -> None: ...
 
-    def on_request_complete(self) -> None: ...
+    def on_request_complete(self) -> None:
+        """The body of the last request announced by ``on_request`` is complete.
+
+        Called only for requests that have a body: one without is complete from the start.
+        """
 
 
 # Method names come back from llhttp as bytes; decoding each time costs more than a dict hit.
@@ -99,13 +104,25 @@ _METHODS = {
     for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "CONNECT", "TRACE")
 }
 
-# RFC 9112 §3.2 / RFC 3986 §3.2.2: Host = uri-host [ ":" port ]; uri-host is an IP-literal in
-# brackets, an IPv4 address or a reg-name (unreserved / pct-encoded / sub-delims). Empty is allowed
-# (a target without authority).
 # len(b"host"), len(b"expect"), len(b"content-length"), len(b"transfer-encoding")
 _WATCHED_LENGTHS = frozenset((4, 6, 14, 17))
 
-_HOST_RE = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%!$&'()*+,;=]*)(?::[0-9]*)?\Z")
+# RFC 9112 §3.2 / RFC 3986 §3.2.2: Host = uri-host [ ":" port ]; uri-host is an IP-literal in
+# brackets, an IPv4 address or a reg-name (unreserved / pct-encoded / sub-delims). Empty is
+# allowed (a target without authority). Checked per request, so the common case is one
+# bytes.translate (C speed) plus a partition; the regex only sees bracketed IPv6 literals.
+_HOST_BYTES = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~%!$&'()*+,;=:[]"
+_IP_LITERAL_RE = re.compile(rb"\[[0-9A-Fa-f:.]+\](?::[0-9]*)?\Z")
+
+
+def valid_host(value: bytes) -> bool:
+    """True if ``value`` is a syntactically valid Host field value (RFC 9112 §3.2)."""
+    if value.translate(None, _HOST_BYTES):
+        return False  # a byte outside the allowed set
+    if value.find(b"[") >= 0 or value.find(b"]") >= 0:  # not `in`: it raises internally
+        return _IP_LITERAL_RE.match(value) is not None
+    _, _, port = value.partition(b":")
+    return not port or port.isdigit()
 
 
 def split_target(target: bytes) -> tuple[bytes, bytes]:
@@ -147,17 +164,13 @@ class RequestReader:
         "_chunk_headers",
         "_chunk_overhead",
         "_completed",
-        "_content_length",
-        "_expect",
         "_head_left",
         "_headers",
-        "_hosts",
         "_in_head",
         "_limits",
         "_parser",
         "_sink",
-                "_te",
-        "_url",
+                "_url",
         "mid_message",
         "upgraded",
     )
@@ -171,22 +184,13 @@ class RequestReader:
         self._completed = False
         #: True between the first byte of a request and the end of its body.
         self.mid_message = False
-        self._reset_message()
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._body_kind = BODY_NONE
+        self._body_seen = self._chunk_headers = self._chunk_overhead = 0
         #: True once a CONNECT or an accepted protocol upgrade leaves HTTP; bytes after it are not
         #: HTTP, so the connection must close after answering.
         self.upgraded = False
-
-    def _reset_message(self) -> None:
-        self._url = b""
-        self._headers: list[tuple[bytes, bytes]] = []
-        self._hosts = 0
-        self._te: bytes | None = None
-        self._expect = False
-        self._content_length = -1
-        self._body_kind = BODY_NONE
-        self._body_seen = 0
-        self._chunk_headers = 0
-        self._chunk_overhead = 0
 
     # -- feeding -------------------------------------------------------------------------------
 
@@ -257,7 +261,9 @@ class RequestReader:
         if isinstance(exc, httptools.HttpParserCallbackError) and cause is not None:
             raise exc  # a bug in the sink, not the client's fault: let it surface
         message = str(exc)
-        if self._te is not None and "Transfer-Encoding" in message:
+        if "Content-Length" in message and "Transfer-Encoding" in message:
+            return ProtocolError(400, "Content-Length with Transfer-Encoding", detail=message)
+        if "Transfer-Encoding" in message:
             return ProtocolError(501, "transfer-coding not implemented", detail=message)
         if isinstance(exc, httptools.HttpParserInvalidMethodError):
             return ProtocolError(501, "method not implemented", detail=message)
@@ -286,79 +292,73 @@ class RequestReader:
         # the head (memory is bounded meanwhile by feeding at most the head allowance).
         self._headers.append((name, value))  # as received: the case of names is preserved
 
-    def _check_fields(self) -> None:
+    def on_headers_complete(self) -> None:
         headers = self._headers
         limits = self._limits
         if len(headers) > limits.max_header_count:
             raise ProtocolError(431, "too many header fields")
         size = len(self._url)
+        hosts = 0
+        content_length = 0
+        chunked = False
+        expect = False
+        # One pass over the fields; only four names need a look, and comparing lengths first
+        # skips lowercasing the others.
         for name, value in headers:
             n = len(name)
             size += n + len(value) + 4
-            # Only four names need a look; comparing lengths first skips lowercasing the rest.
             if n not in _WATCHED_LENGTHS:
                 continue
             lname = name.lower()
             if lname == b"host":
-                self._hosts += 1
-                if self._hosts > 1:
+                hosts += 1
+                if hosts > 1:
                     raise ProtocolError(400, "more than one Host header")
-                if _HOST_RE.match(value) is None:
+                if not valid_host(value):
                     raise ProtocolError(400, "invalid Host header")
             elif lname == b"content-length":
-                self._content_length = int(value)  # llhttp checked: digits only, no overflow
+                content_length = int(value)  # llhttp checked: digits only, single, no overflow
             elif lname == b"transfer-encoding":
                 # Any coding but a lone "chunked" is one we do not implement (RFC 9112 §6.1:
                 # 501). Several TE fields are one list, so a second field always adds a coding.
-                te = value.strip().lower()
-                if self._te is not None or te != b"chunked":
-                    self._te = te
+                if chunked or value.strip().lower() != b"chunked":
                     raise ProtocolError(501, "transfer-coding not implemented")
-                self._te = te
+                chunked = True
             elif lname == b"expect":
                 if value.strip().lower() != b"100-continue":
                     raise ProtocolError(417, "expectation not supported")
-                self._expect = True
+                expect = True
         if size > limits.max_header_bytes:
             raise ProtocolError(431, "request header fields too large")
-
-    def on_headers_complete(self) -> None:
-        self._check_fields()
         parser = self._parser
         version = parser.get_http_version()
         if version != "1.1" and version != "1.0":  # noqa: PLR1714 - two compares beat a set here
             raise ProtocolError(505, "HTTP version not supported")
-        if version == "1.1" and self._hosts == 0:
+        if hosts == 0 and version == "1.1":
             raise ProtocolError(400, "missing Host header")
         raw_method = parser.get_method()
         method = _METHODS.get(raw_method) or raw_method.decode("ascii")
-        if self._te is not None:
+        if chunked:
             if version == "1.0":
                 # RFC 9112 §6.1: chunked in 1.0 is a framing fault; close after the answer.
                 raise ProtocolError(400, "Transfer-Encoding in HTTP/1.0")
             body_kind = BODY_CHUNKED
-            content_length = -1
+            self._body_seen = self._chunk_headers = self._chunk_overhead = 0
+        elif content_length:
+            if content_length > limits.max_body:
+                raise ProtocolError(413, "request body too large")
+            body_kind = BODY_LENGTH
         else:
-            content_length = self._content_length
-            body_kind = BODY_LENGTH if content_length > 0 else BODY_NONE
-        if body_kind == BODY_LENGTH and content_length > self._limits.max_body:
-            raise ProtocolError(413, "request body too large")
+            body_kind = BODY_NONE
         self._body_kind = body_kind
         self._in_head = False
-        self._head_left = self._limits.max_header_bytes
+        self._head_left = limits.max_header_bytes
         keep_alive = parser.should_keep_alive()
         if method == "CONNECT":
             self.upgraded = True
             keep_alive = False
         self._sink.on_request(
-            method,
-            self._url,
-            version,
-            self._headers,
-            keep_alive,
-            body_kind,
-            max(content_length, 0),
-            self._expect,
+            method, self._url, version, headers, keep_alive, body_kind, content_length, expect
         )
 
     def on_body(self, body: bytes) -> None:
@@ -374,5 +374,8 @@ class RequestReader:
         self._in_head = True
         self.mid_message = False
         self._completed = True
-        self._reset_message()
-        self._sink.on_request_complete()
+        self._url = b""
+        self._headers = []
+        if self._body_kind:
+            self._body_kind = BODY_NONE
+            self._sink.on_request_complete()

@@ -241,7 +241,7 @@ class Request:
         path = self._path
         if path is None:
             raw = self.raw_path
-            if b"%" in raw:
+            if raw.find(b"%") >= 0:  # not `in`: see HttpProtocol.on_request
                 raw = unquote_to_bytes(raw)
             path = self._path = raw.decode("utf-8", "surrogateescape")
         return path

@@ -71,6 +71,8 @@ def status_line(status: int) -> bytes:
 
 
 _CONTENT_TYPES: dict[str, bytes] = {}
+# Formatting an int costs more than a dict hit; small bodies repeat their sizes.
+_LENGTH_LINES: dict[int, bytes] = {}
 
 
 def _content_type_line(content_type: str) -> bytes:
@@ -282,7 +284,14 @@ class HttpProtocol(asyncio.Protocol):
             self.deadline_kind = _BODY
             self.deadline = self.state.now + self.config.body_timeout
         elif self.current is None:
-            self._go_idle()
+            if self.reader.mid_message:
+                # Part of the next head is here: the slowloris clock runs from its first byte.
+                if self.deadline_kind != _HEADER:
+                    self.deadline_kind = _HEADER
+                    self.deadline = self.state.now + self.config.header_timeout
+            else:
+                self.deadline_kind = _IDLE
+                self.deadline = self.state.now + self.config.keepalive_timeout
         else:
             self.deadline_kind = _NONE
         if self.reader.upgraded:
@@ -312,7 +321,9 @@ class HttpProtocol(asyncio.Protocol):
         content_length: int,
         expect_continue: bool,
     ) -> None:
-        if target[:1] == b"/" and b"?" not in target and b"#" not in target:
+        # bytes.find, not `in`: `b"?" in target` first tries the needle as an int and raises and
+        # clears a TypeError inside CPython, which costs more than the rest of this check.
+        if target[:1] == b"/" and target.find(b"?") < 0 and target.find(b"#") < 0:
             path, query = target, b""
         else:
             path, query = split_target(target)
@@ -391,16 +402,30 @@ class HttpProtocol(asyncio.Protocol):
                 # A plain function that returned an awaitable (e.g. a partial of an async def).
                 self.task = self.loop.create_task(self._finish_handler(req, result))
                 return
-        if type(result) is Response:
-            # The fast path: a complete response from a handler that never suspended.
-            try:
-                self._write_response(req, result)
-            except Exception as exc:
-                self._handler_failed(req, exc)
-                return
-            self._response_finished(req)
-        else:
+        if type(result) is not Response:
             self._respond(req, result)
+            return
+        # The fast path: a complete response from a handler that never suspended.
+        try:
+            self._write_response(req, result)
+        except Exception as exc:
+            self._handler_failed(req, exc)
+            return
+        if (
+            req._body is None
+            and self.keep_alive
+            and not self.queue
+            and not self.closing
+            and self.pending_error is None
+        ):
+            # Done, and nothing waits: the connection is idle (data_received arms the deadline).
+            self.response_done = True
+            self.state.requests += 1
+            self.current = None
+            if self.read_paused:
+                self._resume_reading()
+        else:
+            self._response_finished(req)
 
     async def _finish_handler(self, req: Request, awaitable: Any) -> None:
         try:
@@ -478,7 +503,13 @@ class HttpProtocol(asyncio.Protocol):
         if status >= 200 and status != 204 and status != 304:  # noqa: PLR1714
             content_type = response.content_type or "application/octet-stream"
             parts.append(_CONTENT_TYPES.get(content_type) or _content_type_line(content_type))
-            parts.append(b"Content-Length: %d\r\n" % len(body))
+            size = len(body)
+            length_line = _LENGTH_LINES.get(size)
+            if length_line is None:
+                length_line = b"Content-Length: %d\r\n" % size
+                if size < 4096:
+                    _LENGTH_LINES[size] = length_line
+            parts.append(length_line)
             if req.method == "HEAD":
                 body = b""
         else:
