@@ -138,10 +138,12 @@ class FileSender:
             try:
                 await self._send_zero_copy(segments, fd, pacer)
                 return
-            except _Unsupported:
-                # sendfile refused this file (EINVAL/ENOSYS: e.g. a special filesystem) before
-                # sending anything: switch this connection to the copying path.
+            except _Unsupported as unsupported:
+                # sendfile refused this file or socket (EINVAL/ENOSYS: e.g. a special
+                # filesystem) before moving any of its bytes. Everything before that point went
+                # out completely, so the copying path carries on from exactly there.
                 self.zero_copy = False
+                segments = unsupported.rest
         await self._send_copy(segments, fd, pacer)
 
     # -- zero-copy path --------------------------------------------------------------------
@@ -153,7 +155,6 @@ class FileSender:
         sock = self._sock
         if sock is None:
             raise ConnectionResetError("connection closed")
-        started = False
         last = len(segments) - 1
         for index, segment in enumerate(segments):
             if isinstance(segment, bytes):
@@ -169,9 +170,9 @@ class FileSender:
                     except OSError as exc:
                         raise _connection_error(exc) from None
                     view = view[n:]
-                    started = True
                 continue
             offset, count = segment
+            moved = False  # has sendfile moved any bytes of this file yet?
             while count > 0:
                 size = count if count < self._max_chunk else self._max_chunk
                 if pacer is not None:
@@ -182,12 +183,12 @@ class FileSender:
                     await self._writable()
                     continue
                 except OSError as exc:
-                    if not started and exc.errno in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-                        raise _Unsupported from None
+                    if not moved and exc.errno in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                        raise _Unsupported([(offset, count), *segments[index + 1 :]]) from None
                     raise _connection_error(exc) from None
                 if n == 0:
                     raise FileTruncated(errno.EIO, "file shorter than its announced length")
-                started = True
+                moved = True
                 offset += n
                 count -= n
                 self.file_bytes += n
@@ -273,7 +274,11 @@ class FileSender:
 
 
 class _Unsupported(Exception):
-    """sendfile cannot be used for this file or socket (raised before anything was sent)."""
+    """sendfile cannot be used for this file or socket; ``rest`` is what remains to send."""
+
+    def __init__(self, rest: Sequence[Segment]) -> None:
+        super().__init__("sendfile not supported here")
+        self.rest = rest
 
 
 def _connection_error(exc: OSError) -> OSError:

@@ -170,7 +170,7 @@ class RequestReader:
         "_limits",
         "_parser",
         "_sink",
-                "_url",
+        "_url",
         "mid_message",
         "upgraded",
     )

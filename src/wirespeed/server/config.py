@@ -28,7 +28,8 @@ class ServerConfig:
     # Longest pause between two pieces of a request body -> 408. nginx client_body_timeout: 60 s.
     body_timeout: float = 30.0
     # A client that accepts no bytes for this long while we have data for it is dropped, freeing
-    # its buffers. nginx send_timeout: 60 s.
+    # its buffers (progress is read from the kernel's count of acknowledged bytes, so a slow but
+    # steady reader is kept). nginx send_timeout: 60 s.
     send_timeout: float = 60.0
     # After an error answer, read and discard what the client still sends for this long before
     # closing, so it receives the answer rather than a reset. nginx lingering_timeout: 5 s; 2 s

@@ -37,13 +37,13 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, cast
 
 from wirespeed.codec.negotiate import parse_accept_encoding
-from wirespeed.io.flow import WriteFlow
+from wirespeed.io.flow import WriteFlow, bytes_acked
 from wirespeed.io.pacing import RateLimiter
 from wirespeed.io.tuning import SocketOptions, apply_connection_options
 from wirespeed.io.zerocopy import FileSender, FileTruncated
 from wirespeed.proto.errors import ProtocolError
-from wirespeed.proto.httpdate import format_http_date
 from wirespeed.proto.http11 import BODY_LENGTH, RequestReader, split_target
+from wirespeed.proto.httpdate import format_http_date
 from wirespeed.server.app import App, Request, RequestBody
 from wirespeed.server.config import ServerConfig
 from wirespeed.server.responses import FileResponse, Response, StreamResponse, to_response
@@ -100,6 +100,7 @@ _NONE, _IDLE, _HEADER, _BODY, _LINGER = range(5)
 # Bytes read and dropped during a lingering close before giving up on the client.
 _LINGER_MAX_BYTES = 1024 * 1024
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK
 
 
 class ServerState:
@@ -187,7 +188,7 @@ class HttpProtocol(asyncio.Protocol):
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.reader = RequestReader(self, state.limits)
-        self.flow = WriteFlow()
+        self.flow = WriteFlow(progress=self._bytes_acked)
         self.sender: FileSender | None = None  # created by the first file response
         self.peer: tuple[str, int] | None = None
         self.closed = False
@@ -622,7 +623,9 @@ class HttpProtocol(asyncio.Protocol):
 
     async def _send_file(self, req: Request, response: FileResponse) -> None:
         try:
-            fd = os.open(response.path, os.O_RDONLY | os.O_CLOEXEC)
+            # O_NONBLOCK: opening a FIFO would otherwise block the whole event loop until a
+            # writer appears; for regular files the flag changes nothing.
+            fd = os.open(response.path, _OPEN_FLAGS)
         except (FileNotFoundError, NotADirectoryError):
             self._write_simple(req, 404, "not found")
             return
@@ -638,7 +641,9 @@ class HttpProtocol(asyncio.Protocol):
             headers = req.headers
             coding = None
             if response.precompressed and response.status == 200:
-                fd, st, coding = self._precompressed(response.path, headers.get_bytes, fd, st)
+                fd, st, coding = self._precompressed(
+                    response.path, headers.get_bytes, fd, st, response.follow_symlinks
+                )
             plan = plan_file(
                 req.method,
                 headers.get_bytes,
@@ -657,7 +662,8 @@ class HttpProtocol(asyncio.Protocol):
                 plan.status,
                 plan.content_type,
                 fields,
-                b"Content-Length: %d\r\n" % (plan.content_length),
+                # RFC 9110 §8.6: a 304 must not carry a Content-Length other than the full size.
+                b"" if plan.status == 304 else b"Content-Length: %d\r\n" % plan.content_length,
             )
             self.responded = True
             if req.method == "HEAD" or not plan.segments:
@@ -688,6 +694,7 @@ class HttpProtocol(asyncio.Protocol):
         header: Any,
         fd: int,
         st: os.stat_result,
+        follow_symlinks: bool,
     ) -> tuple[int, os.stat_result, str | None]:
         """Swap ``fd`` for a precompressed sibling the client accepts, if a fresh one exists."""
         if header(b"range") is not None:
@@ -701,9 +708,10 @@ class HttpProtocol(asyncio.Protocol):
             (c for c in PRECOMPRESSED if weights.get(c[0], star) > 0),
             key=lambda c: -weights.get(c[0], star),  # stable: our order breaks ties
         )
+        flags = _OPEN_FLAGS if follow_symlinks else _OPEN_FLAGS | os.O_NOFOLLOW
         for coding, suffix in candidates:
             try:
-                sibling = os.open(path + suffix, os.O_RDONLY | os.O_CLOEXEC)
+                sibling = os.open(path + suffix, flags)
             except OSError:
                 continue
             sst = os.fstat(sibling)
@@ -863,8 +871,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def check_deadline(self, now: float) -> None:
         """Enforce this connection's deadlines (called by the server's ticker)."""
-        flow = self.flow
-        if flow.paused and now - flow.paused_since > self.config.send_timeout:
+        if self.flow.stalled(now, self.config.send_timeout):
             error_log.debug("send timeout: dropping %s", self.peer)
             self._abort()
             return
@@ -882,6 +889,11 @@ class HttpProtocol(asyncio.Protocol):
                 self._abort()
             else:
                 self._timeout_answer("request body timeout")
+
+    def _bytes_acked(self) -> int | None:
+        transport = self.transport
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        return None if sock is None else bytes_acked(sock)
 
     def _timeout_answer(self, reason: str) -> None:
         self._protocol_error(ProtocolError(408, reason))

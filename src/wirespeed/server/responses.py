@@ -129,6 +129,7 @@ class FileResponse:
 
     __slots__ = (
         "content_type",
+        "follow_symlinks",
         "headers",
         "limit_rate",
         "limit_rate_after",
@@ -162,6 +163,8 @@ class FileResponse:
         self.limit_rate = limit_rate
         self.limit_rate_after = limit_rate_after
         self.precompressed = precompressed
+        #: Whether a precompressed sibling may be a symlink (StaticFiles turns it off).
+        self.follow_symlinks = True
 
     def __repr__(self) -> str:
         return f"<FileResponse {self.path!r}>"

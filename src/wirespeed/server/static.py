@@ -132,7 +132,8 @@ class StaticFiles:
             return _not_found()
         if os.path.isdir(path):
             if not request.path.endswith("/"):
-                location = quote(request.path + "/", safe="/")
+                # One leading slash only: "//host/" would send the browser to another host.
+                location = quote("/" + request.path.lstrip("/") + "/", safe="/")
                 if request.query_string:
                     location += "?" + request.query_string.decode("latin-1")
                 return Response(
@@ -143,14 +144,22 @@ class StaticFiles:
                 )
             if self.index is None:
                 return _not_found()
-            path = os.path.join(path, self.index)
-        return FileResponse(
+            # Resolve again: the index itself may be a symlink leading outside the root.
+            path = resolve_path(
+                self.root, relative + "/" + self.index, follow_symlinks=self.follow_symlinks
+            )
+            if path is None:
+                return _not_found()
+        response = FileResponse(
             path,
             content_type=content_type_for(path, self.content_types),
             limit_rate=self.limit_rate,
             limit_rate_after=self.limit_rate_after,
             precompressed=self.precompressed,
         )
+        # Siblings (.gz ...) are opened without following a symlink, so one cannot lead out.
+        response.follow_symlinks = self.follow_symlinks
+        return response
 
 
 def _not_found() -> Response:
