@@ -104,8 +104,14 @@ _METHODS = {
     for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "CONNECT", "TRACE")
 }
 
-# len(b"host"), len(b"expect"), len(b"content-length"), len(b"transfer-encoding")
-_WATCHED_LENGTHS = frozenset((4, 6, 14, 17))
+# len(b"host"), len(b"expect"), len(b"connection"), len(b"content-length"),
+# len(b"transfer-encoding")
+_WATCHED_LENGTHS = frozenset((4, 6, 10, 14, 17))
+# Longest well-formed unknown method answered 501 rather than 400 (arbitrary: the longest
+# registered method, VERSION-CONTROL, has 15 characters).
+_MAX_METHOD = 24
+# Content-Length digits accepted: 19 digits hold any int64, so more is padding or an attack.
+_MAX_LENGTH_DIGITS = 19
 
 # RFC 9112 §3.2 / RFC 3986 §3.2.2: Host = uri-host [ ":" port ]; uri-host is an IP-literal in
 # brackets, an IPv4 address or a reg-name (unreserved / pct-encoded / sub-delims). Empty is
@@ -163,14 +169,17 @@ class RequestReader:
         "_body_seen",
         "_chunk_headers",
         "_chunk_overhead",
-        "_completed",
+        "_chunked",
+        "_completions",
         "_head_left",
         "_headers",
+        "_heads",
         "_in_head",
         "_limits",
         "_parser",
         "_sink",
         "_url",
+        "failed_in_body",
         "mid_message",
         "upgraded",
     )
@@ -181,13 +190,18 @@ class RequestReader:
         self._parser = httptools.HttpRequestParser(self)
         self._in_head = True
         self._head_left = self._limits.max_header_bytes
-        self._completed = False
+        self._heads = 0  # request heads seen (for attributing the bytes of one read)
+        self._completions = 0  # requests completed
+        self._chunked = False  # the latest head announced a chunked body
         #: True between the first byte of a request and the end of its body.
         self.mid_message = False
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._body_kind = BODY_NONE
         self._body_seen = self._chunk_headers = self._chunk_overhead = 0
+        #: After a refusal: True if it concerns the body of the latest request announced to the
+        #: sink (its head was fine), False if it concerns a head that was never announced.
+        self.failed_in_body = False
         #: True once a CONNECT or an accepted protocol upgrade leaves HTTP; bytes after it are not
         #: HTTP, so the connection must close after answering.
         self.upgraded = False
@@ -199,53 +213,82 @@ class RequestReader:
         parser = self._parser
         while data:
             if self._in_head:
+                # While a head is incomplete, feed at most what is left of its allowance.
                 left = self._head_left
                 if len(data) > left:
                     chunk, data = data[:left], data[left:]
                 else:
                     chunk, data = data, b""
-                self._completed = False
-                try:
-                    parser.feed_data(chunk)
-                except httptools.HttpParserUpgrade as exc:
-                    self._after_upgrade(chunk, exc)
-                except httptools.HttpParserError as exc:
-                    raise self._translate(exc) from None
-                if self._in_head:
-                    if self._completed:
-                        # A message ended inside this chunk; where the next head began is not
-                        # known, so count nothing against it: this undercounts by less than
-                        # one allowance, which keeps memory bounded without false refusals.
-                        self._head_left = self._limits.max_header_bytes
-                    else:
-                        self._head_left -= len(chunk)
-                        if self._head_left <= 0:
-                            raise ProtocolError(431, "request header fields too large")
             else:
-                body_before = self._body_seen
-                chunked = self._body_kind == BODY_CHUNKED
-                self._completed = False
-                try:
-                    parser.feed_data(data)
-                except httptools.HttpParserUpgrade as exc:
-                    self._after_upgrade(data, exc)
-                except httptools.HttpParserError as exc:
-                    raise self._translate(exc) from None
-                if chunked and not self._in_head and not self._completed:
-                    # Whole feed inside one chunked body: what is not body is framing.
-                    self._chunk_overhead += len(data) - (self._body_seen - body_before)
-                    allowed = (self._chunk_headers + 1) * self._limits.max_chunk_overhead
-                    if self._chunk_overhead > allowed:
-                        raise ProtocolError(400, "chunk extensions too long")
-                data = b""
+                chunk, data = data, b""
+            in_head = self._in_head
+            heads = self._heads
+            completions = self._completions
+            body_before = self._body_seen
+            try:
+                parser.feed_data(chunk)
+            except httptools.HttpParserUpgrade as exc:
+                self._after_upgrade(chunk, exc, completions)
+            except httptools.HttpParserError as exc:
+                # An error after a head completed belongs to that request's body.
+                self.failed_in_body = not self._in_head
+                raise self._translate(exc, chunk) from None
+            if self._chunked:
+                self._count_chunk_framing(chunk, in_head, heads, completions, body_before)
+            if self._in_head:
+                if self._completions != completions:
+                    # A message ended inside this chunk; where the next head began is not
+                    # known, so count nothing against it: this undercounts by less than
+                    # one allowance, which keeps memory bounded without false refusals.
+                    self._head_left = self._limits.max_header_bytes
+                elif in_head:
+                    self._head_left -= len(chunk)
+                    if self._head_left <= 0:
+                        raise ProtocolError(431, "request header fields too large")
 
-    def _after_upgrade(self, data: bytes, exc: httptools.HttpParserUpgrade) -> None:
+    def _count_chunk_framing(
+        self, chunk: bytes, in_head: bool, heads: int, completions: int, body_before: int
+    ) -> None:
+        """Bound chunk extensions, which llhttp skips without any limit.
+
+        The framing of a chunked body (size lines, extensions, CRLFs) is what a read held minus
+        its head part and its body bytes. That is only known when the read held no other
+        message; reads shared with another message are not counted, which can only undercount
+        (never refuse a valid body) and is bounded by one read.
+        """
+        new_heads = self._heads - heads
+        ended = self._completions - completions
+        if new_heads > 1 or ended > 1 or (ended and self.mid_message):
+            return  # more than one message in this read
+        if new_heads:
+            if ended and not in_head:
+                return  # the end of an earlier message, then this one
+            # The head ends at the first blank line (or later, if it straddled reads: the
+            # estimate then only comes out low).
+            head_end = chunk.find(b"\r\n\r\n")
+            if head_end < 0:
+                return
+            framing = len(chunk) - head_end - 4 - self._body_seen
+        elif in_head:
+            return  # only head bytes of some message: no chunked body here
+        else:
+            framing = len(chunk) - (self._body_seen - body_before)
+        self._chunk_overhead += framing
+        # One allowance per chunk line seen (the line in progress counts once none is complete).
+        allowed = max(self._chunk_headers, 1) * self._limits.max_chunk_overhead
+        if self._chunk_overhead > allowed:
+            self.failed_in_body = True  # the body of the latest request, even if it ended
+            raise ProtocolError(400, "chunk extensions too long")
+
+    def _after_upgrade(
+        self, data: bytes, exc: httptools.HttpParserUpgrade, completions: int
+    ) -> None:
         # llhttp stops after a CONNECT head or a request carrying Upgrade. We speak only
         # HTTP/1.1, so an Upgrade is declined by answering normally (RFC 9110 §7.8 lets a server
         # ignore it) and parsing continues after it. CONNECT turns the rest of the stream into a
         # tunnel we will not open: answer it, then close.
-        if self._in_head:
-            # Not even a complete message: treat as malformed.
+        if self._completions == completions:
+            # llhttp stops right after the message it paused on; anything else is malformed.
             raise ProtocolError(400, "malformed request")
         if self.upgraded:
             return
@@ -254,7 +297,7 @@ class RequestReader:
         if rest:
             self.feed(rest)
 
-    def _translate(self, exc: httptools.HttpParserError) -> ProtocolError:
+    def _translate(self, exc: httptools.HttpParserError, data: bytes) -> ProtocolError:
         cause = exc.__context__
         if isinstance(cause, ProtocolError):
             return cause  # raised by one of our callbacks below
@@ -266,8 +309,13 @@ class RequestReader:
         if "Transfer-Encoding" in message:
             return ProtocolError(501, "transfer-coding not implemented", detail=message)
         if isinstance(exc, httptools.HttpParserInvalidMethodError):
-            return ProtocolError(501, "method not implemented", detail=message)
-        if "version" in message.lower() or message.startswith("Pause on PRI"):
+            # A well-formed but unknown method is 501 (RFC 9110 §9.1); anything else that
+            # fails here (a TLS handshake, binary noise) is simply malformed.
+            method = data.lstrip(b"\r\n").partition(b" ")[0]
+            if 0 < len(method) <= _MAX_METHOD and method.isalpha() and method.isupper():
+                return ProtocolError(501, "method not implemented", detail=message)
+            return ProtocolError(400, "malformed request", detail=message)
+        if message.startswith(("Invalid HTTP version", "Pause on PRI")):
             return ProtocolError(505, "HTTP version not supported", detail=message)
         if isinstance(exc, httptools.HttpParserInvalidURLError):
             return ProtocolError(400, "invalid request target", detail=message)
@@ -290,7 +338,9 @@ class RequestReader:
     def on_header(self, name: bytes, value: bytes) -> None:
         # Called once per field, so it only collects: the checks run in one pass at the end of
         # the head (memory is bounded meanwhile by feeding at most the head allowance).
-        self._headers.append((name, value))  # as received: the case of names is preserved
+        # Names keep their case; RFC 9112 §5: trailing whitespace is not part of a value (llhttp
+        # drops the leading part itself). rstrip returns the same object when there is none.
+        self._headers.append((name, value.rstrip(b" \t")))
 
     def on_headers_complete(self) -> None:
         headers = self._headers
@@ -302,6 +352,7 @@ class RequestReader:
         content_length = 0
         chunked = False
         expect = False
+        close = False
         # One pass over the fields; only four names need a look, and comparing lengths first
         # skips lowercasing the others.
         for name, value in headers:
@@ -317,7 +368,15 @@ class RequestReader:
                 if not valid_host(value):
                     raise ProtocolError(400, "invalid Host header")
             elif lname == b"content-length":
-                content_length = int(value)  # llhttp checked: digits only, single, no overflow
+                # llhttp checked: digits only, single, no overflow. Bound the length too.
+                if len(value) > _MAX_LENGTH_DIGITS:
+                    raise ProtocolError(400, "invalid Content-Length")
+                content_length = int(value)
+            elif lname == b"connection":
+                # RFC 9112 §9.3: "close" wins over anything else, in any version (llhttp lets
+                # "keep-alive, close" keep a 1.0 connection open).
+                if b"close" in [t.strip() for t in value.lower().split(b",")]:
+                    close = True
             elif lname == b"transfer-encoding":
                 # Any coding but a lone "chunked" is one we do not implement (RFC 9112 §6.1:
                 # 501). Several TE fields are one list, so a second field always adds a coding.
@@ -344,16 +403,22 @@ class RequestReader:
                 raise ProtocolError(400, "Transfer-Encoding in HTTP/1.0")
             body_kind = BODY_CHUNKED
             self._body_seen = self._chunk_headers = self._chunk_overhead = 0
+            self._chunked = True
         elif content_length:
             if content_length > limits.max_body:
                 raise ProtocolError(413, "request body too large")
             body_kind = BODY_LENGTH
         else:
             body_kind = BODY_NONE
+        if body_kind != BODY_CHUNKED:
+            self._chunked = False
+        self._heads += 1
         self._body_kind = body_kind
         self._in_head = False
         self._head_left = limits.max_header_bytes
-        keep_alive = parser.should_keep_alive()
+        keep_alive = parser.should_keep_alive() and not close
+        # RFC 9110 §10.1.1: a server MUST ignore 100-continue from an HTTP/1.0 client.
+        expect = expect and version == "1.1"
         if method == "CONNECT":
             self.upgraded = True
             keep_alive = False
@@ -373,7 +438,7 @@ class RequestReader:
     def on_message_complete(self) -> None:
         self._in_head = True
         self.mid_message = False
-        self._completed = True
+        self._completions += 1
         self._url = b""
         self._headers = []
         if self._body_kind:

@@ -167,6 +167,9 @@ class RequestBody:
             self.waiter = None
             if not waiter.done():
                 waiter.set_exception(exc)
+                # Mark it retrieved: the handler waiting on it is usually being cancelled at the
+                # same moment and will never look, which asyncio would log as an error.
+                waiter.exception()
 
     def _wake(self) -> None:
         waiter = self.waiter
@@ -407,6 +410,9 @@ class App:
         self._dynamic: list[Route] = []
         self._mounts: list[tuple[str, Handler]] = []
         self._mount_endpoints: dict[str, Endpoint] = {}
+        #: method -> {path: endpoint} for routes without parameters: the connection's first,
+        #: single-lookup try (HEAD included where only GET is registered).
+        self.fast_routes: dict[str, dict[str, Endpoint]] = {}
         self.startup: list[Callable[[], Awaitable[None] | None]] = []
         self.shutdown: list[Callable[[], Awaitable[None] | None]] = []
 
@@ -430,6 +436,17 @@ class App:
             if method in route.methods:
                 raise ValueError(f"duplicate route: {method} {path}")
             route.methods[method] = endpoint
+        self._index_static()
+
+    def _index_static(self) -> None:
+        fast: dict[str, dict[str, Endpoint]] = {}
+        for path, route in self._static.items():
+            methods = dict(route.methods)
+            if "GET" in methods:
+                methods.setdefault("HEAD", methods["GET"])
+            for method, endpoint in methods.items():
+                fast.setdefault(method, {})[path] = endpoint
+        self.fast_routes = fast
 
     def _route_for(self, path: str) -> Route:
         route = self._static.get(path)

@@ -44,7 +44,7 @@ from wirespeed.io.zerocopy import FileSender, FileTruncated
 from wirespeed.proto.errors import ProtocolError
 from wirespeed.proto.http11 import BODY_LENGTH, RequestReader, split_target
 from wirespeed.proto.httpdate import format_http_date
-from wirespeed.server.app import App, Request, RequestBody
+from wirespeed.server.app import App, Endpoint, Request, RequestBody
 from wirespeed.server.config import ServerConfig
 from wirespeed.server.responses import FileResponse, Response, StreamResponse, to_response
 from wirespeed.server.static import PRECOMPRESSED, plan_file
@@ -100,6 +100,10 @@ _NONE, _IDLE, _HEADER, _BODY, _LINGER = range(5)
 # Bytes read and dropped during a lingering close before giving up on the client.
 _LINGER_MAX_BYTES = 1024 * 1024
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_NO_ROUTES: dict[str, Endpoint] = {}
+# A stream yields to the event loop at least this often (bytes), even if its client keeps up:
+# the write buffer's high-water mark, so fairness matches what backpressure would give.
+_STREAM_YIELD_BYTES = 256 * 1024
 _OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK
 
 
@@ -202,6 +206,7 @@ class HttpProtocol(asyncio.Protocol):
         self.advancing = False
         self.pending_error: ProtocolError | None = None
         self.refused = False  # a protocol error was answered: the stream is no longer trusted
+        self.peer_eof = False  # the client half-closed: answer the queue, then close
         # -- lives with the request being answered (reset by _request_done) --
         self.current: Request | None = None
         self.task: asyncio.Task[None] | None = None
@@ -304,7 +309,7 @@ class HttpProtocol(asyncio.Protocol):
         # The client half-closed. Answer what we have (it may still read), then close.
         if self.lingering or (self.current is None and not self.queue):
             return False
-        self.closing = True
+        self.peer_eof = True
         if self.parsing is not None and self.parsing._body is not None:
             self.parsing._body.fail(ConnectionResetError("client closed before sending the body"))
         return True
@@ -366,16 +371,19 @@ class HttpProtocol(asyncio.Protocol):
         self.response_done = False
         self.continue_sent = False
         self.keep_alive = req.keep_alive and not self.closing
-        endpoint, params, route = self.app.resolve(req.method, req.path)
+        path = req.path
+        endpoint = self.app.fast_routes.get(req.method, _NO_ROUTES).get(path)
         if endpoint is None:
-            if route is not None:
-                allow = App.allowed(route)
-                self._send_error(req, 405, "method not allowed", [(b"Allow", allow.encode())])
-            else:
-                self._send_error(req, 404, "not found")
-            return
-        if params:
-            req.path_params = params
+            endpoint, params, route = self.app.resolve(req.method, path)
+            if endpoint is None:
+                if route is not None:
+                    allow = App.allowed(route)
+                    self._send_error(req, 405, "method not allowed", [(b"Allow", allow.encode())])
+                else:
+                    self._send_error(req, 404, "not found")
+                return
+            if params:
+                req.path_params = params
         func = endpoint.func
         if endpoint.is_async:
             try:
@@ -417,6 +425,7 @@ class HttpProtocol(asyncio.Protocol):
             and self.keep_alive
             and not self.queue
             and not self.closing
+            and not self.peer_eof
             and self.pending_error is None
         ):
             # Done, and nothing waits: the connection is idle (data_received arms the deadline).
@@ -561,14 +570,21 @@ class HttpProtocol(asyncio.Protocol):
             self.responded = True
             if req.method != "HEAD" and not _no_body_status(response.status):
                 flow = self.flow
+                since_yield = 0
                 async for item in _aiter(iterator):
                     data = item.encode() if isinstance(item, str) else item
                     if not data:
                         continue
                     if flow.paused:
                         await flow.drain()
-                    if self.closed:
+                    elif since_yield >= _STREAM_YIELD_BYTES:
+                        # An iterator that never awaits must not monopolise the loop (nor keep
+                        # running unnoticed after its client reset: connection_lost needs a turn).
+                        since_yield = 0
+                        await asyncio.sleep(0)
+                    if self.closed or transport.is_closing():
                         return
+                    since_yield += len(data)
                     sent += len(data)
                     if chunked:
                         transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
@@ -794,13 +810,6 @@ class HttpProtocol(asyncio.Protocol):
 
     def _request_done(self) -> None:
         self.current = None
-        if self.pending_error is not None:
-            exc, self.pending_error = self.pending_error, None
-            self._protocol_error(exc)
-            return
-        if self.closing and not self.queue:
-            self._close()
-            return
         self._advance()
 
     def _advance(self) -> None:
@@ -821,7 +830,10 @@ class HttpProtocol(asyncio.Protocol):
         if self.read_paused and len(self.queue) < self.config.max_pipelined // 2 + 1:
             self._resume_reading()
         if self.current is None:
-            if self.closing:
+            if self.pending_error is not None:
+                exc, self.pending_error = self.pending_error, None
+                self._protocol_error(exc)
+            elif self.closing or self.peer_eof:
                 self._close()
             else:
                 self._go_idle()
@@ -850,11 +862,17 @@ class HttpProtocol(asyncio.Protocol):
         if self.closed:
             return
         current = self.current
-        if current is not None and (self.responded or current is not self.parsing):
-            # A response is being produced for an earlier request: let it finish, then answer
-            # the error (pipelined requests after the bad one are dropped).
+        parsing = self.parsing
+        if self.reader.failed_in_body and self.queue:
+            # The body of the latest (queued) request broke: it gets no answer of its own.
+            self.queue.pop()
+        about_current = current is not None and (
+            current is parsing or (self.reader.failed_in_body and not self.queue)
+        )
+        if current is not None and (self.responded or not about_current):
+            # Earlier requests are being answered: answer them all in order, then the error.
             self.pending_error = exc
-            self.queue.clear()
+            self.parsing = None
             self._pause_reading()
             return
         if self.task is not None:

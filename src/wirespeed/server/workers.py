@@ -54,6 +54,12 @@ def reserve_port(host: str, port: int) -> socket.socket:
     """Bind ``host:port`` with SO_REUSEPORT but do not listen. Raises OSError (EADDRINUSE ...)."""
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     family, kind, proto, _, addr = infos[0]
+    # First without SO_REUSEPORT: with it, the bind would succeed next to any other server of
+    # the same user that also set it, and we would silently share its port.
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(addr)
+        addr = probe.getsockname()  # resolves port 0
     sock = socket.socket(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
