@@ -244,9 +244,13 @@ class Request:
         path = self._path
         if path is None:
             raw = self.raw_path
-            if raw.find(b"%") >= 0:  # not `in`: see HttpProtocol.on_request
+            if 37 in raw:  # "%"; an int needle is cheapest (see HttpProtocol.on_request)
                 raw = unquote_to_bytes(raw)
-            path = self._path = raw.decode("utf-8", "surrogateescape")
+            try:
+                path = raw.decode()  # no arguments: the cheapest call (nearly always ASCII)
+            except UnicodeDecodeError:
+                path = raw.decode("utf-8", "surrogateescape")
+            self._path = path
         return path
 
     @property
