@@ -527,9 +527,7 @@ class HttpProtocol(asyncio.Protocol):
             if type_line is not None and length_line is not None and self.transport:
                 self.responded = True
                 self.transport.write(
-                    b"".join(
-                        (_OK, self.state.head_prefix, type_line, length_line, b"\r\n", body)
-                    )
+                    b"".join((_OK, self.state.head_prefix, type_line, length_line, b"\r\n", body))
                 )
                 return
         parts = [_STATUS_LINES.get(status) or status_line(status), self.state.head_prefix]
