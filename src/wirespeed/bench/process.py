@@ -130,6 +130,14 @@ def tail(path: Path, lines: int = 3) -> str:
     return " | ".join(kept[-lines:])
 
 
+def _alive(process: psutil.Process) -> bool:
+    """Running and not a zombie (a zombie holds no CPU; its reaper may be slow here)."""
+    try:
+        return bool(process.is_running() and process.status() != psutil.STATUS_ZOMBIE)
+    except psutil.Error:
+        return False
+
+
 class ServerProcess:
     """One server under test: spawned pinned in its own session, stopped with its whole tree.
 
@@ -211,6 +219,12 @@ class ServerProcess:
                 member.kill()
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(STOP_GRACE)
+        # SIGKILL is not instant: return only once the members are gone, so the next trial
+        # never shares the CPU with a dying peer.
+        deadline = time.monotonic() + STOP_GRACE
+        for member in members:
+            while time.monotonic() < deadline and _alive(member):
+                time.sleep(0.01)
 
     def __enter__(self) -> ServerProcess:
         return self
