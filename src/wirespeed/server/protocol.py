@@ -274,9 +274,8 @@ class HttpProtocol(asyncio.Protocol):
             if self.linger_bytes > _LINGER_MAX_BYTES:
                 self._abort()
             return
-        if self.deadline_kind == _IDLE:
-            self.deadline_kind = _HEADER
-            self.deadline = self.state.now + self.config.header_timeout
+        # No deadline change before parsing: a request that arrives whole needs none, and an
+        # incomplete head gets its header deadline below, counted from this first read.
         try:
             self.reader.feed(data)
         except ProtocolError as exc:
