@@ -68,13 +68,10 @@ def _int_range(low: int, high: int) -> argparse._ActionType:
 
 
 def _size(text: str) -> int:
-    units = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
-    body = text.strip().upper().removesuffix("B").removesuffix("I")
-    suffix = body[-1:] if body[-1:] in units else ""
-    digits = body.removesuffix(suffix) if suffix else body
-    if not digits.isdigit():
+    size = tuning.parse_size(text)
+    if size is None:
         raise argparse.ArgumentTypeError(f"expected a byte count like 1048576 or 1M, got {text!r}")
-    return int(digits) * units[suffix]
+    return size
 
 
 def _build_parser(command: str | None = None) -> argparse.ArgumentParser:

@@ -59,6 +59,7 @@ __all__ = [
     "Applied",
     "KernelLimits",
     "SocketOptions",
+    "parse_size",
     "SupportsSetsockopt",
     "add_arguments",
     "apply_connection_options",
@@ -718,20 +719,28 @@ def recommendations(opts: SocketOptions, limits: Mapping[str, object]) -> list[s
 _SIZE_SUFFIXES: Final = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
 
 
+def parse_size(text: str) -> int | None:
+    """A byte count like ``65536``, ``256K``, ``1m`` or ``4MiB`` (1024-based), or None."""
+    body = text.strip().upper().removesuffix("B").removesuffix("I")
+    suffix = body[-1:] if body[-1:] in ("K", "M", "G") else ""
+    digits = body.removesuffix(suffix)
+    if not digits.isdigit():
+        return None
+    return int(digits) * _SIZE_SUFFIXES[suffix]
+
+
 def _bytes(name: str, *, zero: bool) -> Callable[[str], int]:
     low, high = _BOUNDS[name]
 
     def parse(text: str) -> int:
-        body = text.strip().upper().removesuffix("B").removesuffix("I")
-        suffix = body[-1:] if body[-1:] in ("K", "M", "G") else ""
-        digits = body.removesuffix(suffix)
-        if not digits.isdigit() or not low <= int(digits) * _SIZE_SUFFIXES[suffix] <= high:
+        size = parse_size(text)
+        if size is None or not low <= size <= high:
             what = "0 (kernel default) or " if zero else ""
             raise argparse.ArgumentTypeError(
                 f"invalid size {text!r}: expected {what}a byte count from {max(low, 1)} to "
                 f"{high}, optionally with a K/M/G suffix (1024-based)"
             )
-        return int(digits) * _SIZE_SUFFIXES[suffix]
+        return size
 
     return parse
 

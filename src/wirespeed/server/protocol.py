@@ -292,14 +292,7 @@ class HttpProtocol(asyncio.Protocol):
             self.deadline_kind = _BODY
             self.deadline = self.state.now + self.config.body_timeout
         elif self.current is None:
-            if self.reader.mid_message:
-                # Part of the next head is here: the slowloris clock runs from its first byte.
-                if self.deadline_kind != _HEADER:
-                    self.deadline_kind = _HEADER
-                    self.deadline = self.state.now + self.config.header_timeout
-            else:
-                self.deadline_kind = _IDLE
-                self.deadline = self.state.now + self.config.keepalive_timeout
+            self._go_idle()
         else:
             self.deadline_kind = _NONE
         if self.reader.upgraded:
