@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import stat
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Coroutine, Generator, Iterator, Sequence
@@ -37,6 +36,7 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, cast
 
 from wirespeed.codec.negotiate import parse_accept_encoding
+from wirespeed.io.filecache import FileCache, OpenFile
 from wirespeed.io.flow import WriteFlow, bytes_acked
 from wirespeed.io.pacing import RateLimiter
 from wirespeed.io.tuning import SocketOptions, apply_connection_options
@@ -130,6 +130,8 @@ class ServerState:
         self._refresh_date()
         #: Requests answered so far (for tests and the lab).
         self.requests = 0
+        #: Open descriptors of recently served files, shared by every connection.
+        self.file_cache = FileCache()
         #: Options to set on each accepted socket, or None when the listener's are inherited.
         self.per_connection_options: SocketOptions | None = None
 
@@ -654,28 +656,27 @@ class HttpProtocol(asyncio.Protocol):
             self._idle_after_task()
 
     async def _send_file(self, req: Request, response: FileResponse) -> None:
+        cache = self.state.file_cache
         try:
             # O_NONBLOCK: opening a FIFO would otherwise block the whole event loop until a
             # writer appears; for regular files the flag changes nothing.
-            fd = os.open(response.path, _OPEN_FLAGS)
-        except (FileNotFoundError, NotADirectoryError):
-            self._write_simple(req, 404, "not found")
+            opened = cache.acquire(response.path, _OPEN_FLAGS)
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            self._write_simple(req, 404, "not found")  # also for anything not a regular file
             return
         except PermissionError:
             self._write_simple(req, 403, "forbidden")
             return
         try:
-            # Everything below describes the open descriptor, never an earlier stat of the path.
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                self._write_simple(req, 404, "not found")
-                return
             headers = req.headers
             coding = None
             if response.precompressed and response.status == 200:
-                fd, st, coding = self._precompressed(
-                    response.path, headers.get_bytes, fd, st, response.follow_symlinks
+                opened, coding = self._precompressed(
+                    response.path, headers.get_bytes, opened, response.follow_symlinks
                 )
+            # Everything below describes the open descriptor, never an earlier stat of the path.
+            fd = opened.fd
+            st = opened.stat
             plan = plan_file(
                 req.method,
                 headers.get_bytes,
@@ -718,22 +719,22 @@ class HttpProtocol(asyncio.Protocol):
                 pacer = RateLimiter(response.limit_rate, response.limit_rate_after)
             await sender.send([head, *plan.segments], fd, pacer)
         finally:
-            os.close(fd)
+            cache.release(opened)
 
     def _precompressed(
         self,
         path: str,
         header: Any,
-        fd: int,
-        st: os.stat_result,
+        original: OpenFile,
         follow_symlinks: bool,
-    ) -> tuple[int, os.stat_result, str | None]:
-        """Swap ``fd`` for a precompressed sibling the client accepts, if a fresh one exists."""
+    ) -> tuple[OpenFile, str | None]:
+        """Swap ``original`` for a precompressed sibling the client accepts, if a fresh one
+        exists (releasing whichever is not used)."""
         if header(b"range") is not None:
-            return fd, st, None  # ranges always address the identity bytes (as nginx does)
+            return original, None  # ranges always address the identity bytes (as nginx does)
         accept = header(b"accept-encoding")
         if accept is None:
-            return fd, st, None
+            return original, None
         weights = parse_accept_encoding(accept.decode("latin-1"))
         star = weights.get("*", 0.0)
         candidates = sorted(
@@ -741,18 +742,18 @@ class HttpProtocol(asyncio.Protocol):
             key=lambda c: -weights.get(c[0], star),  # stable: our order breaks ties
         )
         flags = _OPEN_FLAGS if follow_symlinks else _OPEN_FLAGS | os.O_NOFOLLOW
+        cache = self.state.file_cache
         for coding, suffix in candidates:
             try:
-                sibling = os.open(path + suffix, flags)
+                sibling = cache.acquire(path + suffix, flags)
             except OSError:
-                continue
-            sst = os.fstat(sibling)
+                continue  # missing, a symlink we may not follow, or not a regular file
             # A sibling older than the original is stale: never serve it.
-            if stat.S_ISREG(sst.st_mode) and sst.st_mtime_ns >= st.st_mtime_ns:
-                os.close(fd)
-                return sibling, sst, coding
-            os.close(sibling)
-        return fd, st, None
+            if sibling.stat.st_mtime_ns >= original.stat.st_mtime_ns:
+                cache.release(original)
+                return sibling, coding
+            cache.release(sibling)
+        return original, None
 
     def _write_simple(self, req: Request, status: int, reason: str) -> None:
         """A short plain-text answer from inside a response task."""

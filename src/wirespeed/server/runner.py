@@ -127,6 +127,7 @@ class Server:
             conn._abort()
         if self._ticker is not None:
             self._ticker.cancel()
+        self.state.file_cache.clear()
         # Let connection_lost callbacks and cancelled handler tasks run.
         await asyncio.sleep(0)
         for hook in self.app.shutdown:
