@@ -89,6 +89,15 @@ def _content_type_line(content_type: str) -> bytes:
     return line
 
 
+def _length_line(size: int) -> bytes:
+    line = _LENGTH_LINES.get(size)
+    if line is None:
+        line = b"Content-Length: %d\r\n" % size
+        if size < 4096:  # small bodies repeat their sizes; the fast path in _start hits this
+            _LENGTH_LINES[size] = line
+    return line
+
+
 def _no_body_status(status: int) -> bool:
     # RFC 9110 §6.4.1: 1xx, 204 and 304 never carry content.
     return status < 200 or status in {204, 304}
@@ -527,40 +536,23 @@ class HttpProtocol(asyncio.Protocol):
     def _write_response(self, req: Request, response: Response) -> None:
         status = response.status
         body = response.body
-        parts = [_STATUS_LINES.get(status) or status_line(status), self.state.head_prefix]
-        if status >= 200 and status != 204 and status != 304:  # noqa: PLR1714
+        if _no_body_status(status):
+            head = self._head(req, status, None, response.headers, b"")
+            body = b""
+        else:
             content_type = response.content_type or "application/octet-stream"
-            parts.append(_CONTENT_TYPES.get(content_type) or _content_type_line(content_type))
-            size = len(body)
-            length_line = _LENGTH_LINES.get(size)
-            if length_line is None:
-                length_line = b"Content-Length: %d\r\n" % size
-                if size < 4096:
-                    _LENGTH_LINES[size] = length_line
-            parts.append(length_line)
+            head = self._head(req, status, content_type, response.headers, _length_line(len(body)))
             if req.method == "HEAD":
                 body = b""
-        else:
-            body = b""  # RFC 9110 §6.4.1: 1xx, 204 and 304 never carry content
-        for name, value in response.headers:
-            parts += (name, b": ", value, b"\r\n")
-        if not self.keep_alive or self.closing:
-            self.keep_alive = False
-            parts.append(b"Connection: close\r\n\r\n")
-        elif req.http_version == "1.0":
-            parts.append(b"Connection: keep-alive\r\n\r\n")
-        else:
-            parts.append(b"\r\n")
         transport = self.transport
         assert transport is not None
         self.responded = True
         # One write for head and small bodies (one syscall, one segment); large bodies are not
         # copied into a new buffer just to prepend the head.
         if len(body) <= 64 * 1024:
-            parts.append(body)
-            transport.write(b"".join(parts))
+            transport.write(head + body)
         else:
-            transport.writelines((b"".join(parts), body))
+            transport.writelines((head, body))
         if self.config.access_log:
             path = req.raw_path.decode("latin-1")
             access_log.info("%s %s %s %d %d", self.peer, req.method, path, status, len(body))
@@ -577,7 +569,7 @@ class HttpProtocol(asyncio.Protocol):
             length_line = b""
         else:
             framing = []
-            length_line = b"Content-Length: %d\r\n" % length if length is not None else b""
+            length_line = _length_line(length) if length is not None else b""
         head = self._head(
             req, response.status, response.content_type, [*response.headers, *framing], length_line
         )
@@ -696,7 +688,7 @@ class HttpProtocol(asyncio.Protocol):
                 plan.content_type,
                 fields,
                 # RFC 9110 §8.6: a 304 must not carry a Content-Length other than the full size.
-                b"" if plan.status == 304 else b"Content-Length: %d\r\n" % plan.content_length,
+                b"" if plan.status == 304 else _length_line(plan.content_length),
             )
             self.responded = True
             if req.method == "HEAD" or not plan.segments:
