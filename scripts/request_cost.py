@@ -11,12 +11,14 @@ counts are exact, so compare changes with callgrind over N and 2N requests::
     # (second - first) / 20000 = instructions per request
 
 ``SYNC=1`` uses a plain ``def`` handler returning a prebuilt Response (no coroutine, no
-Response construction), to separate the server's cost from the handler's.
+Response construction), to separate the server's cost from the handler's. ``STATIC=DIR`` serves
+DIR as ``wirespeed serve DIR`` does and ``TARGET=/name`` picks the file: the file must be small
+enough to be answered from the open-file cache's memory (the stub transport has no socket for
+sendfile).
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 from typing import Any
@@ -26,11 +28,17 @@ import uvloop
 from wirespeed import App, Request, Response
 from wirespeed.server.config import ServerConfig
 from wirespeed.server.protocol import HttpProtocol, ServerState
+from wirespeed.server.static import static_app
 
-REQUEST = b"GET / HTTP/1.1\r\nHost: localhost:8081\r\nUser-Agent: wrk\r\nAccept: */*\r\n\r\n"
+TARGET = os.environ.get("TARGET", "/").encode()
+REQUEST = (
+    b"GET %s HTTP/1.1\r\nHost: localhost:8081\r\nUser-Agent: wrk\r\nAccept: */*\r\n\r\n" % TARGET
+)
 
 app = App()
-if os.environ.get("SYNC"):
+if os.environ.get("STATIC"):
+    app = static_app(os.environ["STATIC"])
+elif os.environ.get("SYNC"):
     _HELLO = Response(b"Hello, World!", content_type="text/plain")
 
     @app.get("/")
@@ -85,6 +93,16 @@ async def main() -> None:
     elapsed = time.process_time() - start
     assert transport.writes == n + 1000, "every request must be answered"
     print(f"{elapsed / n * 1e6:.2f} us/request of CPU over {n} requests")
+    if os.environ.get("PROFILE"):
+        import cProfile  # noqa: PLC0415 - only when asked
+        import pstats  # noqa: PLC0415
+
+        profile = cProfile.Profile()
+        profile.enable()
+        for _ in range(n):
+            protocol.data_received(REQUEST)
+        profile.disable()
+        pstats.Stats(profile).sort_stats("tottime").print_stats(25)
 
 
 if __name__ == "__main__":

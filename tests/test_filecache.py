@@ -146,3 +146,72 @@ def test_disabled_cache_opens_and_closes_every_time(tmp_path: Path) -> None:
     cache.release(opened)
     assert not fd_open(opened.fd)
     assert len(cache) == 0
+
+
+def test_small_contents_live_and_die_with_the_entry(tmp_path: Path) -> None:
+    path = tmp_path / "a.txt"
+    path.write_bytes(b"first")
+    cache = FileCache(inline_limit=8)
+    entry = cache.acquire(str(path), FLAGS)
+    data = cache.contents(entry)
+    assert data == b"first"
+    assert cache.contents(entry) is data  # read once per entry
+    cache.release(entry)
+    # Rewritten in place (same inode and size, later mtime): the entry and its bytes are gone.
+    path.write_bytes(b"again")
+    os.utime(path, ns=(entry.stat.st_atime_ns, entry.stat.st_mtime_ns + 1_000_000_000))
+    fresh = cache.acquire(str(path), FLAGS)
+    assert fresh is not entry
+    assert entry.data is None
+    assert cache.contents(fresh) == b"again"
+    cache.release(fresh)
+    cache.clear()
+
+
+def test_contents_only_for_small_cached_files(tmp_path: Path) -> None:
+    big = tmp_path / "big.bin"
+    big.write_bytes(b"x" * 9)
+    cache = FileCache(inline_limit=8)
+    entry = cache.acquire(str(big), FLAGS)
+    assert cache.contents(entry) is None  # over the limit: the caller sends it by sendfile
+    cache.release(entry)
+    uncached = FileCache(max_entries=0, inline_limit=8)
+    small = tmp_path / "small.bin"
+    small.write_bytes(b"tiny")
+    entry = uncached.acquire(str(small), FLAGS)
+    assert uncached.contents(entry) is None  # nothing outlives the request without a cache
+    uncached.release(entry)
+    cache.clear()
+
+
+def test_contents_of_a_file_shorter_than_its_stat_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "a.bin"
+    path.write_bytes(b"12345678")
+    cache = FileCache(inline_limit=64)
+    entry = cache.acquire(str(path), FLAGS)
+    with path.open("r+b") as f:
+        f.truncate(3)  # after the stat, before the read
+    assert cache.contents(entry) is None
+    assert entry.data is None
+    cache.release(entry)
+    cache.clear()
+
+
+def test_a_known_stat_replaces_the_check(tmp_path: Path) -> None:
+    path = tmp_path / "a.txt"
+    path.write_bytes(b"hello")
+    cache = FileCache()
+    first = cache.acquire(str(path), FLAGS)
+    cache.release(first)
+    st = os.stat(path)
+    second = cache.acquire(str(path), FLAGS, st)
+    assert second is first
+    cache.release(second)
+    # A known stat of another file (what the path names now, say) means the entry is stale.
+    other = tmp_path / "b.txt"
+    other.write_bytes(b"other")
+    third = cache.acquire(str(path), FLAGS, os.stat(other))
+    assert third is not first
+    assert (cache.hits, cache.misses) == (1, 2)
+    cache.release(third)
+    cache.clear()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import gzip
 import os
 import socket
+import stat
 import time
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -41,6 +42,7 @@ from static_fixtures import (
     set_mtime,
 )
 from wirespeed.proto.httpdate import format_http_date
+from wirespeed.server.static import _resolve, resolve_path
 
 pytest_plugins = ["static_fixtures"]
 
@@ -541,6 +543,17 @@ async def test_folder_with_slash_serves_its_index(static_server: StartStatic) ->
 
 
 @both_loops
+@pytest.mark.parametrize(("prefix", "path"), [("/", "/"), ("/media", "/media/")])
+async def test_the_root_folder_serves_its_index(
+    static_server: StartStatic, media: Media, prefix: str, path: str
+) -> None:
+    media.add("index.html", INDEX)
+    server = await static_server(prefix=prefix)
+    resp = await fetch(server.port, path)
+    assert (resp.status, resp.body) == (200, INDEX)
+
+
+@both_loops
 @pytest.mark.parametrize(
     ("prefix", "path", "location"),
     [
@@ -955,3 +968,26 @@ def test_suite_layout_has_the_secret_outside_the_root(media: Media) -> None:
     secret = (media.outside / "secret.txt").resolve()
     assert secret.read_bytes() == SECRET
     assert Path(os.path.commonpath([secret, media.root.resolve()])) != media.root.resolve()
+
+
+def test_resolution_reports_the_stat_of_what_it_resolved(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "sub").mkdir(parents=True)
+    (root / "sub" / "f.txt").write_bytes(b"abc")
+    os.symlink("sub", root / "via")
+    real = os.path.realpath(root)
+
+    def resolved(relative: str) -> tuple[str, int | None]:
+        result = _resolve(real, relative, False)
+        assert result is not None
+        path, st = result
+        return path, None if st is None else st.st_size
+
+    assert resolved("sub/f.txt") == (f"{real}/sub/f.txt", 3)
+    # Through a symlink that stays inside the root: the real path, and the target's stat.
+    assert resolved("via/f.txt") == (f"{real}/sub/f.txt", 3)
+    assert resolved("missing/deeper.txt") == (f"{real}/missing/deeper.txt", None)
+    root_path, root_stat = _resolve(real, "", False) or ("", None)
+    assert root_path == real
+    assert root_stat is not None and stat.S_ISDIR(root_stat.st_mode)
+    assert resolve_path(real, "via/f.txt") == f"{real}/sub/f.txt"

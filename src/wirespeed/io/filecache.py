@@ -14,6 +14,15 @@ Paths that do not exist are remembered for ``max_age`` too (negative entries): a
 ``Accept-Encoding`` makes the server look for ``.zst``/``.br``/``.gz`` siblings on every request,
 and most of them are missing. A sibling created meanwhile is seen at most ``max_age`` later.
 
+Small files (at most ``inline_limit`` bytes, 16 KiB by default) may also keep their contents:
+:meth:`FileCache.contents` reads them once with ``pread`` and the bytes live exactly as long as
+the entry, so they are dropped with it when the file changes. Below that size one ``write`` of
+head and body from memory beats ``send`` of the head plus ``sendfile`` (see BENCHMARKS.md, "Small
+files"), and the bound keeps the worst case at ``max_entries * inline_limit`` (16 MiB).
+
+A caller that has just ``stat``-ed the path (the static handler does, to resolve it safely) can
+pass that result to :meth:`FileCache.acquire` as ``known``; a hit then costs no system call.
+
 Descriptors are shared: :meth:`FileCache.acquire` counts users and :meth:`FileCache.release`
 closes a descriptor once it has neither users nor a cache entry, so eviction never closes a file
 that is being sent. Sharing is safe because bodies are sent with explicit offsets (``sendfile``
@@ -35,12 +44,16 @@ __all__ = ["FileCache", "OpenFile"]
 MAX_AGE = 1.0
 # Arbitrary: a hot set of 1024 files costs 1024 descriptors, well inside the usual 64k limit.
 MAX_ENTRIES = 1024
+# Files up to this size are answered from memory (see the module docstring): 16 KiB is where
+# sendfile stops losing to a copy on loopback in the lab's small-file run, and with MAX_ENTRIES
+# it bounds the cached contents at 16 MiB.
+INLINE_LIMIT = 16 * 1024
 
 
 class OpenFile:
     """An open regular file: ``fd`` and the ``stat`` that describes exactly those bytes."""
 
-    __slots__ = ("cached", "expires", "fd", "key", "stat", "users")
+    __slots__ = ("cached", "data", "expires", "fd", "key", "stat", "users")
 
     def __init__(self, fd: int, st: os.stat_result, key: str, expires: float) -> None:
         self.fd = fd
@@ -49,6 +62,8 @@ class OpenFile:
         self.expires = expires
         self.users = 0
         self.cached = False
+        #: The whole file, once :meth:`FileCache.contents` has read it.
+        self.data: bytes | None = None
 
 
 def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
@@ -75,7 +90,8 @@ class FileCache:
 
     :meth:`acquire` raises what ``os.open`` raises (FileNotFoundError, PermissionError ...) and
     :class:`IsADirectoryError` for anything that is not a regular file. ``max_entries=0`` turns
-    caching off (every acquire opens, every release closes).
+    caching off (every acquire opens, every release closes); ``inline_limit=0`` never keeps
+    contents.
     """
 
     def __init__(
@@ -83,9 +99,11 @@ class FileCache:
         max_entries: int = MAX_ENTRIES,
         max_age: float = MAX_AGE,
         clock: Callable[[], float] = time.monotonic,
+        inline_limit: int = INLINE_LIMIT,
     ) -> None:
         self.max_entries = max_entries
         self.max_age = max_age
+        self.inline_limit = inline_limit
         self._clock = clock
         self._entries: OrderedDict[tuple[str, int], OpenFile] = OrderedDict()
         self._missing: OrderedDict[tuple[str, int], float] = OrderedDict()
@@ -93,8 +111,12 @@ class FileCache:
         self.hits = 0
         self.misses = 0
 
-    def acquire(self, path: str, flags: int) -> OpenFile:
-        """An open regular file for ``path``; pair every call with :meth:`release`."""
+    def acquire(self, path: str, flags: int, known: os.stat_result | None = None) -> OpenFile:
+        """An open regular file for ``path``; pair every call with :meth:`release`.
+
+        ``known`` is a ``stat`` of ``path`` the caller made just now (following symlinks unless
+        ``flags`` has ``O_NOFOLLOW``); it stands in for the cache's own check of an entry.
+        """
         key = (path, flags)
         now = self._clock()
         if self.max_entries:
@@ -106,10 +128,12 @@ class FileCache:
             entry = self._entries.get(key)
             if entry is not None:
                 if now < entry.expires:
-                    try:
-                        current = os.stat(path, follow_symlinks=not flags & os.O_NOFOLLOW)
-                    except OSError:
-                        current = None
+                    current = known
+                    if current is None:
+                        try:
+                            current = os.stat(path, follow_symlinks=not flags & os.O_NOFOLLOW)
+                        except OSError:
+                            current = None
                     if current is not None and _same_file(current, entry.stat):
                         self._entries.move_to_end(key)
                         entry.users += 1
@@ -140,6 +164,24 @@ class FileCache:
                 self._drop(old_key, old)
         return entry
 
+    def contents(self, entry: OpenFile) -> bytes | None:
+        """The whole file if it is small enough to answer from memory, else None.
+
+        Read once per cache entry; None also when the file no longer has the size its stat
+        promised (the caller's sendfile path then notices the truncation and reports it).
+        """
+        data = entry.data
+        if data is not None:
+            return data
+        size = entry.stat.st_size
+        if size > self.inline_limit or not entry.cached:
+            return None
+        data = os.pread(entry.fd, size, 0)
+        if len(data) != size:
+            return None
+        entry.data = data
+        return data
+
     def release(self, entry: OpenFile) -> None:
         """Done with ``entry``: its descriptor closes once unused and out of the cache."""
         entry.users -= 1
@@ -158,6 +200,7 @@ class FileCache:
     def _drop(self, key: tuple[str, int], entry: OpenFile) -> None:
         del self._entries[key]
         entry.cached = False
+        entry.data = None
         if entry.users <= 0:
             os.close(entry.fd)
 

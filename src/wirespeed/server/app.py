@@ -61,11 +61,12 @@ class Headers(Mapping[str, str]):
     ``headers["content-type"]`` gives the first value, :meth:`getall` every value in order.
     """
 
-    __slots__ = ("_lower", "_raw")
+    __slots__ = ("_first", "_lower", "_raw")
 
     def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
         self._raw = raw  # names as the client sent them
         self._lower: list[tuple[bytes, bytes]] | None = None
+        self._first: dict[bytes, bytes] | None = None
 
     def _fields(self) -> list[tuple[bytes, bytes]]:
         lower = self._lower
@@ -75,10 +76,15 @@ class Headers(Mapping[str, str]):
 
     def get_bytes(self, name: bytes) -> bytes | None:
         """The first raw value for a lowercase ``name``, or None. The fastest lookup."""
-        for key, value in self._fields():
-            if key == name:
-                return value
-        return None
+        first = self._first
+        if first is None:
+            # Built on the first lookup: a file response asks for seven names, most absent, and
+            # a dict answers each in one probe instead of a scan of every field.
+            first = self._first = {}
+            for key, value in self._fields():
+                if key not in first:
+                    first[key] = value
+        return first.get(name)
 
     def __getitem__(self, name: str) -> str:
         value = self.get_bytes(name.lower().encode("latin-1"))

@@ -40,7 +40,7 @@ from wirespeed.io.filecache import FileCache, OpenFile
 from wirespeed.io.flow import WriteFlow, bytes_acked
 from wirespeed.io.pacing import RateLimiter
 from wirespeed.io.tuning import SocketOptions, apply_connection_options
-from wirespeed.io.zerocopy import FileSender, FileTruncated
+from wirespeed.io.zerocopy import FileSender, FileTruncated, Segment
 from wirespeed.proto.errors import ProtocolError
 from wirespeed.proto.http11 import BODY_LENGTH, RequestReader, split_target
 from wirespeed.proto.httpdate import format_http_date
@@ -501,7 +501,7 @@ class HttpProtocol(asyncio.Protocol):
                 self._write_response(req, response)
                 self._response_finished(req)
             elif isinstance(response, FileResponse):
-                self.task = self.loop.create_task(self._write_file(req, response))
+                self._write_file(req, response)
             else:
                 self.task = self.loop.create_task(self._write_stream(req, response))
         except Exception as exc:
@@ -625,9 +625,108 @@ class HttpProtocol(asyncio.Protocol):
             self._response_finished(req)
             self._idle_after_task()
 
-    async def _write_file(self, req: Request, response: FileResponse) -> None:
+    def _write_file(self, req: Request, response: FileResponse) -> None:
+        """Answer with a file: at once when nothing has to wait (an error, a head-only answer, a
+        small body from the open-file cache), otherwise in a task that sends by ``sendfile``."""
+        cache = self.state.file_cache
         try:
-            await self._send_file(req, response)
+            # O_NONBLOCK: opening a FIFO would otherwise block the whole event loop until a
+            # writer appears; for regular files the flag changes nothing.
+            opened = cache.acquire(response.path, _OPEN_FLAGS, response.stat)
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            self._write_simple(req, 404, "not found")  # also for anything not a regular file
+            self._response_finished(req)
+            return
+        except PermissionError:
+            self._write_simple(req, 403, "forbidden")
+            self._response_finished(req)
+            return
+        try:
+            head, segments, opened = self._plan_file(req, response, opened)
+            transport = self.transport
+            assert transport is not None
+            self.responded = True
+            if req.method == "HEAD" or not segments:
+                transport.write(head)
+            elif (
+                len(segments) == 1
+                and isinstance(part := segments[0], tuple)
+                and response.limit_rate is None
+                and (data := cache.contents(opened)) is not None
+            ):
+                offset, count = part
+                transport.write(head + data[offset : offset + count])
+            else:
+                pacer = None
+                if response.limit_rate is not None:
+                    pacer = RateLimiter(response.limit_rate, response.limit_rate_after)
+                self.task = self.loop.create_task(
+                    self._send_file(req, response, [head, *segments], opened, pacer)
+                )
+                return  # the task releases the file
+        except BaseException:
+            cache.release(opened)
+            raise
+        cache.release(opened)
+        self._response_finished(req)
+
+    def _plan_file(
+        self, req: Request, response: FileResponse, opened: OpenFile
+    ) -> tuple[bytes, list[Segment], OpenFile]:
+        """The head and body segments answering ``req``, and the file they come from (a
+        precompressed sibling may replace ``opened``, which is then released)."""
+        headers = req.headers
+        coding = None
+        if response.precompressed and response.status == 200:
+            opened, coding = self._precompressed(
+                response.path, headers.get_bytes, opened, response.follow_symlinks
+            )
+        # Everything below describes the open descriptor, never an earlier stat of the path.
+        st = opened.stat
+        plan = plan_file(
+            req.method,
+            headers.get_bytes,
+            status=response.status,
+            size=st.st_size,
+            mtime=st.st_mtime,
+            mtime_ns=st.st_mtime_ns,
+            now=time.time(),
+            content_type=response.content_type,
+            coding=coding,
+            vary=response.precompressed,
+        )
+        fields = [*plan.fields, *response.headers]
+        head = self._head(
+            req,
+            plan.status,
+            plan.content_type,
+            fields,
+            # RFC 9110 §8.6: a 304 must not carry a Content-Length other than the full size.
+            b"" if plan.status == 304 else _length_line(plan.content_length),
+        )
+        return head, plan.segments, opened
+
+    async def _send_file(
+        self,
+        req: Request,
+        response: FileResponse,
+        segments: list[Segment],
+        opened: OpenFile,
+        pacer: RateLimiter | None,
+    ) -> None:
+        try:
+            sender = self.sender
+            if sender is None:
+                assert self.transport is not None
+                sender = self.sender = FileSender(
+                    self.loop,
+                    self.transport,
+                    self.flow,
+                    zero_copy=self.config.zero_copy,
+                    high_water=self.config.write_high_water,
+                    low_water=self.config.write_low_water,
+                )
+            await sender.send(segments, opened.fd, pacer)
         except asyncio.CancelledError:
             return
         except ConnectionError:
@@ -642,76 +741,11 @@ class HttpProtocol(asyncio.Protocol):
             self._handler_failed(req, exc)
             return
         finally:
+            self.state.file_cache.release(opened)
             self.task = None
         if not self.closed:
             self._response_finished(req)
             self._idle_after_task()
-
-    async def _send_file(self, req: Request, response: FileResponse) -> None:
-        cache = self.state.file_cache
-        try:
-            # O_NONBLOCK: opening a FIFO would otherwise block the whole event loop until a
-            # writer appears; for regular files the flag changes nothing.
-            opened = cache.acquire(response.path, _OPEN_FLAGS)
-        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-            self._write_simple(req, 404, "not found")  # also for anything not a regular file
-            return
-        except PermissionError:
-            self._write_simple(req, 403, "forbidden")
-            return
-        try:
-            headers = req.headers
-            coding = None
-            if response.precompressed and response.status == 200:
-                opened, coding = self._precompressed(
-                    response.path, headers.get_bytes, opened, response.follow_symlinks
-                )
-            # Everything below describes the open descriptor, never an earlier stat of the path.
-            fd = opened.fd
-            st = opened.stat
-            plan = plan_file(
-                req.method,
-                headers.get_bytes,
-                status=response.status,
-                size=st.st_size,
-                mtime=st.st_mtime,
-                mtime_ns=st.st_mtime_ns,
-                now=time.time(),
-                content_type=response.content_type,
-                coding=coding,
-                vary=response.precompressed,
-            )
-            fields = [*plan.fields, *response.headers]
-            head = self._head(
-                req,
-                plan.status,
-                plan.content_type,
-                fields,
-                # RFC 9110 §8.6: a 304 must not carry a Content-Length other than the full size.
-                b"" if plan.status == 304 else _length_line(plan.content_length),
-            )
-            self.responded = True
-            if req.method == "HEAD" or not plan.segments:
-                assert self.transport is not None
-                self.transport.write(head)
-                return
-            sender = self.sender
-            if sender is None:
-                assert self.transport is not None
-                sender = self.sender = FileSender(
-                    self.loop,
-                    self.transport,
-                    self.flow,
-                    zero_copy=self.config.zero_copy,
-                    high_water=self.config.write_high_water,
-                    low_water=self.config.write_low_water,
-                )
-            pacer = None
-            if response.limit_rate is not None:
-                pacer = RateLimiter(response.limit_rate, response.limit_rate_after)
-            await sender.send([head, *plan.segments], fd, pacer)
-        finally:
-            cache.release(opened)
 
     def _precompressed(
         self,

@@ -135,6 +135,7 @@ class FileResponse:
         "limit_rate_after",
         "path",
         "precompressed",
+        "stat",
         "status",
     )
 
@@ -165,6 +166,10 @@ class FileResponse:
         self.precompressed = precompressed
         #: Whether a precompressed sibling may be a symlink (StaticFiles turns it off).
         self.follow_symlinks = True
+        #: A ``stat`` of ``path`` made just before (StaticFiles sets it): lets the open-file
+        #: cache skip its own check. Never trusted for the response itself: size and dates
+        #: always come from the open descriptor.
+        self.stat: os.stat_result | None = None
 
     def __repr__(self) -> str:
         return f"<FileResponse {self.path!r}>"
