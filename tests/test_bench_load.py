@@ -269,11 +269,12 @@ def sendfile_server(blockload: Path, tmp_path: Path) -> Iterator[tuple[int, int]
 
 
 @needs_cc
+@pytest.mark.parametrize("sink", ["read", "splice"])
 def test_blockload_counts_body_apart_from_heads(
-    blockload: Path, sendfile_server: tuple[int, int]
+    blockload: Path, sendfile_server: tuple[int, int], sink: str
 ) -> None:
     port, size = sendfile_server
-    result = run_blockload(blockload, port, "/f", connections=2, duration=0.5)
+    result = run_blockload(blockload, port, "/f", connections=2, duration=0.5, sink=sink)
     assert result.tool == "blockload"
     assert result.errors == 0
     assert result.requests > 0

@@ -100,6 +100,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_BLOCK,
         help=f"read size of the block client in bytes (default {DEFAULT_BLOCK})",
     )
+    parser.add_argument(
+        "--sink",
+        choices=("read", "splice"),
+        default="read",
+        help="how the block client consumes bodies: read() them like a downloader (default), "
+        "or splice them to /dev/null so the client copies nothing",
+    )
     parser.add_argument("--no-ceiling", action="store_true", help="skip the loopback ceiling rows")
     parser.add_argument(
         "--cache-dir",
@@ -135,6 +142,8 @@ def _command(ns: argparse.Namespace, rounds: int, duration: float, warmup: float
             parts += [flag, f"{value:g}"]
     if ns.warmup is not None:
         parts += ["--warmup", f"{warmup:g}"]
+    if ns.sink != "read":
+        parts += ["--sink", ns.sink]
     return " ".join(parts)
 
 
@@ -198,6 +207,7 @@ def run(ns: argparse.Namespace) -> int:
         load_cpu=load_cpu,
         seed=ns.seed if ns.seed is not None else random.randrange(1, 1 << 31),
         block=ns.block_size,
+        sink=ns.sink,
         ceiling=not ns.no_ceiling,
         command=_command(ns, rounds, duration, warmup),
     )

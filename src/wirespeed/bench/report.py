@@ -512,7 +512,14 @@ def markdown(
         "wirespeed's median in the same run. CPU is the server's whole process tree (100% = one "
         "core), memory its peak RSS during the trial (idle RSS: right after the check). Small "
         "responses are driven by wrk; large bodies by the lab's block client (C, 1 MiB reads), "
-        "which counts body bytes apart from response heads. GB/s = 10^9 bytes/s. A trial is "
+        "which counts body bytes apart from response heads"
+        + (
+            " and here discards them with splice(2) (--sink splice), copying nothing, so "
+            "transfer rates show the servers' own cost per byte"
+            if settings.get("sink") == "splice"
+            else ""
+        )
+        + ". GB/s = 10^9 bytes/s. A trial is "
         "noted when other processes used more than 5% of a measured CPU, or when the load "
         "generator itself was near 100% CPU.",
         "",

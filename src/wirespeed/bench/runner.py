@@ -83,6 +83,7 @@ class Settings:
     load_cpu: int | None = 1
     seed: int = 0
     block: int = DEFAULT_BLOCK
+    sink: str = "read"
     ceiling: bool = True
     command: str = ""
 
@@ -141,6 +142,7 @@ class Runner:
             load_cpu=s.load_cpu,
             seed=s.seed,
             block=s.block,
+            sink=s.sink,
             scenarios=[x.name for x in s.scenarios],
             peers=[p.name for p in s.peers],
             started=_now(),
@@ -328,6 +330,7 @@ class Runner:
             seed=s.seed * 1000 + round_no,
             headers=scenario.headers,
             cpu=s.load_cpu,
+            sink=s.sink,
         )
 
     def _trial(

@@ -13,6 +13,7 @@
  *   blockload client --port P --path /files/64m.bin [--host 127.0.0.1] [--connections 4]
  *                    [--duration 5] [--block 1048576] [--expect 200]
  *                    [--range-size N --range-span SIZE --seed S] [--header "K: V"]
+ *                    [--sink read|splice]
  *     Keeps CONNECTIONS keep-alive connections busy for DURATION seconds, one request in flight
  *     per connection (no pipelining: browsers and video players do not pipeline). With
  *     --range-size every request asks for a random, unaligned byte range of that size
@@ -20,6 +21,9 @@
  *     requests, errors, body_bytes (payload only), header_bytes (response heads), elapsed and
  *     latency percentiles (request sent -> last body byte) in milliseconds. Bytes are counted as
  *     they arrive, so a 64 MiB response cut by the deadline still counts the part received.
+ *     --sink splice moves body bytes socket -> pipe -> /dev/null with splice(2) instead of
+ *     recv() into a buffer: the client then copies nothing, so a zero-copy server is no longer
+ *     held back by the client's memory copy and what is measured is the server's own cost.
  *
  *   blockload serve --port P --file F
  *     The loopback ceiling: answers every GET with F (or the asked single byte range) using a
@@ -91,7 +95,8 @@ static struct {
     uint64_t seed;
     const char *headers[MAX_HEADERS];
     int n_headers;
-} opt = {"127.0.0.1", "/", 0, 4, 200, 5.0, 1 << 20, 0, 0, 1, {0}, 0};
+    int splice_sink;
+} opt = {"127.0.0.1", "/", 0, 4, 200, 5.0, 1 << 20, 0, 0, 1, {0}, 0, 0};
 
 static struct {
     long long requests, errors, body_bytes, header_bytes, connects;
@@ -102,6 +107,21 @@ static struct {
 
 static int epfd;
 static char *block_buf;
+/* --sink splice: body bytes go socket -> pipe -> /dev/null and never reach user memory. */
+static int sink_pipe[2] = {-1, -1}, devnull = -1;
+
+/* Consume up to `want` body bytes of fd: recv() into the block buffer, or splice them away. */
+static ssize_t take_body(int fd, size_t want) {
+    if (!opt.splice_sink) return recv(fd, block_buf, want, 0);
+    ssize_t k = splice(fd, NULL, sink_pipe[1], NULL, want, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+    for (ssize_t left = k; left > 0;) {
+        /* The pipe is empty before every call, so this drains exactly what came in. */
+        ssize_t m = splice(sink_pipe[0], NULL, devnull, NULL, (size_t)left, SPLICE_F_MOVE);
+        if (m <= 0) die("splice to /dev/null");
+        left -= m;
+    }
+    return k;
+}
 
 static uint64_t xorshift(void) {
     uint64_t x = opt.seed;
@@ -283,7 +303,7 @@ static void on_event(conn_t *c, double deadline) {
     }
     /* ST_BODY: one read of up to one block per readiness event keeps connections fair. */
     size_t want = (size_t)c->remaining < opt.block ? (size_t)c->remaining : opt.block;
-    ssize_t k = recv(c->fd, block_buf, want, 0);
+    ssize_t k = take_body(c->fd, want);
     if (k < 0 && errno == EAGAIN) return;
     if (k <= 0) {
         note_error("connection closed mid-body");
@@ -311,6 +331,14 @@ static int run_client(void) {
     static conn_t conns[MAX_CONNECTIONS];
     block_buf = malloc(opt.block);
     if (!block_buf) die("malloc");
+    if (opt.splice_sink) {
+        if (pipe2(sink_pipe, O_CLOEXEC) != 0) die("pipe2");
+        /* One block per splice: grow the pipe to the block size (capped by fs.pipe-max-size,
+         * 1 MiB by default; a smaller pipe only means more, smaller splices). */
+        fcntl(sink_pipe[1], F_SETPIPE_SZ, (int)opt.block);
+        devnull = open("/dev/null", O_WRONLY | O_CLOEXEC);
+        if (devnull < 0) die("/dev/null");
+    }
     epfd = epoll_create1(EPOLL_CLOEXEC);
     if (epfd < 0) die("epoll_create1");
     double start = now(), deadline = start + opt.duration;
@@ -447,6 +475,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(k, "--range-span")) opt.range_span = atoll(v);
         else if (!strcmp(k, "--seed")) opt.seed = (uint64_t)atoll(v) | 1;
         else if (!strcmp(k, "--file")) serve_file = v;
+        else if (!strcmp(k, "--sink")) opt.splice_sink = !strcmp(v, "splice");
         else if (!strcmp(k, "--header") && opt.n_headers < MAX_HEADERS) opt.headers[opt.n_headers++] = v;
         else {
             fprintf(stderr, "blockload: unknown option %s\n", k);
