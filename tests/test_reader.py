@@ -816,6 +816,35 @@ def test_refusals_at_random_split_points(
     assert comparable(split) == comparable(whole)
 
 
+@pytest.mark.parametrize(
+    ("parts", "status"),
+    [
+        # llhttp refuses "V" at once (no method starts with it); the byte after it decides.
+        ([b"V", b"\x00"], 400),
+        ([b"V\x00"], 400),
+        ([b"V", b" / HTTP/1.1\r\nHost: a\r\n\r\n"], 501),
+        ([b"B", b"REW", b" / HTTP/1.1\r\nHost: a\r\n\r\n"], 501),
+        ([b"BREW / HTTP/1.1\r\nHost: a\r\n\r\n"], 501),
+        ([b"BR", b"E", b"W(", b" / HTTP/1.1\r\n\r\n"], 400),
+        ([b"X" * 25 + b" / HTTP/1.1\r\n\r\n"], 400),  # longer than any method we accept
+        ([b"X" * 13, b"X" * 12], 400),  # known to be too long before its end arrives
+        # After a pipelined request in the same read, only the refused one's bytes count.
+        ([b"GET / HTTP/1.1\r\nHost: a\r\n\r\nBREW / HTTP/1.1\r\n\r\n"], 501),
+    ],
+)
+def test_an_unknown_method_is_judged_once_it_ends(parts: list[bytes], status: int) -> None:
+    assert read(parts).status == status
+
+
+def test_an_unfinished_unknown_method_waits_under_the_header_timeout() -> None:
+    reader = RequestReader(Recorder())
+    reader.feed(b"BREW")  # could still become "BREW / HTTP/1.1": no answer yet
+    assert reader.mid_message  # so the connection applies the header timeout, not idle
+    with pytest.raises(ProtocolError) as refused:
+        reader.feed(b" / HTTP/1.1\r\n\r\n")
+    assert refused.value.status == 501
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=400), st.lists(st.integers(0, 400), max_size=10))
 def test_arbitrary_bytes_end_in_events_or_a_refusal(data: bytes, cuts: list[int]) -> None:

@@ -184,6 +184,8 @@ class RequestReader:
     """
 
     __slots__ = (
+        "_bad_method",
+        "_bad_prefix",
         "_body_kind",
         "_body_seen",
         "_chunk_headers",
@@ -224,11 +226,19 @@ class RequestReader:
         #: True once a CONNECT or an accepted protocol upgrade leaves HTTP; bytes after it are not
         #: HTTP, so the connection must close after answering.
         self.upgraded = False
+        # The method llhttp refused, while it is too short to say whether it is a well-formed
+        # unknown method (501) or garbage (400); see _judge_method.
+        self._bad_method: bytes | None = None
+        self._bad_prefix = 0
 
     # -- feeding -------------------------------------------------------------------------------
 
     def feed(self, data: bytes) -> None:
         """Parse ``data``, calling the sink for each event. Raises :class:`ProtocolError`."""
+        if self._bad_method is not None:
+            self._bad_method += data
+            self._judge_method()
+            return
         parser = self._parser
         while data:
             if self._in_head:
@@ -248,6 +258,29 @@ class RequestReader:
                 parser.feed_data(chunk)
             except httptools.HttpParserUpgrade as exc:
                 self._after_upgrade(chunk, exc, completions)
+            except httptools.HttpParserInvalidMethodError:
+                # What the method was decides between 501 and 400, and it may not have fully
+                # arrived: judge it on this read, and on later ones if this read ends inside it.
+                self.failed_in_body = False
+                self.mid_message = True  # the header timeout covers a client that stalls here
+                start = 0
+                ended = self._completions - completions
+                if ended:
+                    # Requests completed earlier in this read: the refused one starts after
+                    # them. Their ends are not reported, so assume bodiless heads (pipelined
+                    # GETs, the only common case); a body could only misplace the 501/400 line.
+                    for _ in range(ended):
+                        end = chunk.find(b"\r\n\r\n", start)
+                        if end < 0:
+                            break
+                        start = end + 4
+                self._bad_method = chunk[start:].lstrip(b"\r\n")
+                # Bytes of this method that earlier reads delivered (only their count matters).
+                self._bad_prefix = (
+                    self._limits.max_header_bytes - self._head_left if in_head and not ended else 0
+                )
+                self._judge_method()
+                return
             except httptools.HttpParserError as exc:
                 # An error after a head completed belongs to that request's body.
                 self.failed_in_body = not self._in_head
@@ -316,6 +349,30 @@ class RequestReader:
         if rest:
             self.feed(rest)
 
+    def _judge_method(self) -> None:
+        """Raise 501 for a well-formed method llhttp does not know, 400 for anything else, or
+        return to wait for more bytes while the method has not ended yet.
+
+        llhttp stops at the first byte that no known method continues with, so what it refused
+        starts with the rest of the method; the earlier bytes of it (fed in previous reads) were
+        capital letters, and only their number matters here. Deciding only once the method has
+        ended makes the answer the same however the request is split into reads.
+        """
+        data = self._bad_method
+        assert data is not None
+        size = 0
+        for byte in data:
+            if not 65 <= byte <= 90:  # A-Z: RFC 9110 allows any token, but methods are capitals
+                break
+            size += 1
+        else:
+            if self._bad_prefix + size <= _MAX_METHOD:
+                return  # still inside a method that may be well-formed
+        length = self._bad_prefix + size
+        if size < len(data) and data[size] == 32 and 0 < length <= _MAX_METHOD:  # a space ends it
+            raise ProtocolError(501, "method not implemented")
+        raise ProtocolError(400, "malformed request")
+
     def _translate(self, exc: httptools.HttpParserError, data: bytes) -> ProtocolError:
         cause = exc.__context__
         if isinstance(cause, ProtocolError):
@@ -327,13 +384,6 @@ class RequestReader:
             return ProtocolError(400, "Content-Length with Transfer-Encoding", detail=message)
         if "Transfer-Encoding" in message:
             return ProtocolError(501, "transfer-coding not implemented", detail=message)
-        if isinstance(exc, httptools.HttpParserInvalidMethodError):
-            # A well-formed but unknown method is 501 (RFC 9110 §9.1); anything else that
-            # fails here (a TLS handshake, binary noise) is simply malformed.
-            method = data.lstrip(b"\r\n").partition(b" ")[0]
-            if 0 < len(method) <= _MAX_METHOD and method.isalpha() and method.isupper():
-                return ProtocolError(501, "method not implemented", detail=message)
-            return ProtocolError(400, "malformed request", detail=message)
         if message.startswith(("Invalid HTTP version", "Pause on PRI")):
             return ProtocolError(505, "HTTP version not supported", detail=message)
         if isinstance(exc, httptools.HttpParserInvalidURLError):
