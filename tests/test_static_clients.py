@@ -225,11 +225,11 @@ def test_segmented_download_with_four_parallel_ranges(site: Site, tmp_path: Path
 # -- CLI switches, seen by curl --------------------------------------------------------------------
 
 
-def test_cli_no_precompressed_and_follow_symlinks(
+def test_cli_no_precompressed_no_compress_and_follow_symlinks(
     site_root: tuple[Path, bytes, Path | None],
 ) -> None:
     root, _, _ = site_root
-    server = start_static_process(root, "--no-precompressed", "--follow-symlinks")
+    server = start_static_process(root, "--no-precompressed", "--no-compress", "--follow-symlinks")
     try:
         resp = curl_response("--compressed", f"{server.url}/page.txt")
         assert resp.header("content-encoding") is None

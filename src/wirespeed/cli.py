@@ -67,6 +67,21 @@ def _int_range(low: int, high: int) -> argparse._ActionType:
     return parse
 
 
+def _bit_rate(text: str) -> float:
+    # Decimal prefixes, as link rates are quoted (1g = 10^9 bits/s).
+    units = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}
+    number, unit = text[:-1], text[-1:].lower()
+    if unit.isdigit() or unit == ".":
+        number, unit = text, ""
+    try:
+        value = float(number) * units[unit]
+    except (KeyError, ValueError):
+        raise argparse.ArgumentTypeError(f"not a rate: {text!r} (e.g. 100m, 1g)") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    return value
+
+
 def _size(text: str) -> int:
     size = tuning.parse_size(text)
     if size is None:
@@ -159,6 +174,21 @@ def _build_parser(command: str | None = None) -> argparse.ArgumentParser:
         action="store_false",
         help="ignore .zst/.br/.gz siblings of files",
     )
+    compression = serve.add_argument_group("compression")
+    compression.add_argument(
+        "--no-compress",
+        dest="compress",
+        action="store_false",
+        help="never compress responses (precompressed siblings are still served)",
+    )
+    compression.add_argument(
+        "--link-rate",
+        type=_bit_rate,
+        default=d.link_rate,
+        metavar="BITS_PER_S",
+        help="link rate one response can expect, weighed against compression CPU "
+        "(k/m/g suffixes, e.g. 100m; default 1g)",
+    )
     serve.add_argument(
         "--loop",
         choices=("uvloop", "asyncio"),
@@ -244,6 +274,8 @@ def _serve(ns: argparse.Namespace) -> int:
             max_pipelined=ns.max_pipelined,
             access_log=ns.access_log,
             zero_copy=ns.zero_copy,
+            compress=ns.compress,
+            link_rate=ns.link_rate,
         )
         options = tuning.from_namespace(ns)
     except ValueError as exc:

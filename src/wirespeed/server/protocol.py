@@ -35,6 +35,7 @@ from collections.abc import AsyncIterator, Coroutine, Generator, Iterator, Seque
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, cast
 
+from wirespeed.codec.compress import MIN_SIZE as COMPRESS_MIN_SIZE
 from wirespeed.codec.negotiate import parse_accept_encoding
 from wirespeed.io.filecache import FileCache, OpenFile
 from wirespeed.io.flow import WriteFlow, bytes_acked
@@ -45,6 +46,7 @@ from wirespeed.proto.errors import ProtocolError
 from wirespeed.proto.http11 import BODY_LENGTH, RequestReader, split_target
 from wirespeed.proto.httpdate import format_http_date
 from wirespeed.server.app import App, Endpoint, Request, RequestBody
+from wirespeed.server.compression import Compression, FileReader
 from wirespeed.server.config import ServerConfig
 from wirespeed.server.responses import FileResponse, Response, StreamResponse, to_response
 from wirespeed.server.static import PRECOMPRESSED, plan_file
@@ -93,7 +95,9 @@ def _length_line(size: int) -> bytes:
     line = _LENGTH_LINES.get(size)
     if line is None:
         line = b"Content-Length: %d\r\n" % size
-        if size < 4096:  # small bodies repeat their sizes; the fast path in _start hits this
+        # Small bodies repeat their sizes; the fast path in _start hits this. Only sizes below
+        # compression's threshold, so a body that may need compressing never takes that path.
+        if size < COMPRESS_MIN_SIZE:
             _LENGTH_LINES[size] = line
     return line
 
@@ -117,6 +121,9 @@ _NO_ROUTES: dict[str, Endpoint] = {}
 # the write buffer's high-water mark, so fairness matches what backpressure would give.
 _STREAM_YIELD_BYTES = 256 * 1024
 _OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK
+_NOT_ACCEPTABLE = Response(
+    b"no acceptable content coding\n", 406, content_type="text/plain; charset=utf-8"
+)
 
 
 class ServerState:
@@ -141,6 +148,8 @@ class ServerState:
         self.requests = 0
         #: Open descriptors of recently served files, shared by every connection.
         self.file_cache = FileCache()
+        #: Response compression (None when turned off).
+        self.compression = Compression(config.link_rate) if config.compress else None
         #: Options to set on each accepted socket, or None when the listener's are inherited.
         self.per_connection_options: SocketOptions | None = None
 
@@ -536,12 +545,20 @@ class HttpProtocol(asyncio.Protocol):
     def _write_response(self, req: Request, response: Response) -> None:
         status = response.status
         body = response.body
+        headers = response.headers
         if _no_body_status(status):
-            head = self._head(req, status, None, response.headers, b"")
+            head = self._head(req, status, None, headers, b"")
             body = b""
         else:
             content_type = response.content_type or "application/octet-stream"
-            head = self._head(req, status, content_type, response.headers, _length_line(len(body)))
+            compression = self.state.compression
+            if compression is not None and status == 200 and len(body) >= COMPRESS_MIN_SIZE:
+                accept = req.headers.get_bytes(b"accept-encoding")
+                body, headers, acceptable = compression.body(accept, content_type, body, headers)
+                if not acceptable:
+                    self._write_response(req, _NOT_ACCEPTABLE)
+                    return
+            head = self._head(req, status, content_type, headers, _length_line(len(body)))
             if req.method == "HEAD":
                 body = b""
         transport = self.transport
@@ -560,52 +577,9 @@ class HttpProtocol(asyncio.Protocol):
     async def _write_stream(self, req: Request, response: StreamResponse) -> None:
         transport = self.transport
         assert transport is not None
-        length = response.content_length
-        chunked = length is None and req.http_version == "1.1"
-        if length is None and not chunked:
-            self.keep_alive = False  # HTTP/1.0: the end of the body is the end of the connection
-        if chunked:
-            framing = [(b"Transfer-Encoding", b"chunked")]
-            length_line = b""
-        else:
-            framing = []
-            length_line = _length_line(length) if length is not None else b""
-        head = self._head(
-            req, response.status, response.content_type, [*response.headers, *framing], length_line
-        )
         iterator = response.iterator
-        sent = 0
         try:
-            transport.write(head)
-            self.responded = True
-            if req.method != "HEAD" and not _no_body_status(response.status):
-                flow = self.flow
-                since_yield = 0
-                async for item in _aiter(iterator):
-                    data = item.encode() if isinstance(item, str) else item
-                    if not data:
-                        continue
-                    if flow.paused:
-                        await flow.drain()
-                    elif since_yield >= _STREAM_YIELD_BYTES:
-                        # An iterator that never awaits must not monopolise the loop (nor keep
-                        # running unnoticed after its client reset: connection_lost needs a turn).
-                        since_yield = 0
-                        await asyncio.sleep(0)
-                    if self.closed or transport.is_closing():
-                        return
-                    since_yield += len(data)
-                    sent += len(data)
-                    if chunked:
-                        transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
-                    else:
-                        if length is not None and sent > length:
-                            raise ValueError("stream longer than its content_length")
-                        transport.write(data)
-                if length is not None and sent != length:
-                    raise ValueError(f"stream sent {sent} bytes, content_length said {length}")
-                if chunked:
-                    transport.write(b"0\r\n\r\n")
+            await self._send_stream(req, response, transport)
         except asyncio.CancelledError:
             return
         except ConnectionError:
@@ -625,6 +599,87 @@ class HttpProtocol(asyncio.Protocol):
             self._response_finished(req)
             self._idle_after_task()
 
+    async def _send_stream(
+        self, req: Request, response: StreamResponse, transport: asyncio.Transport
+    ) -> None:
+        length = response.content_length
+        headers = response.headers
+        items = _aiter(response.iterator)
+        compressor = None
+        compression = self.state.compression
+        if compression is not None and response.status == 200:
+            # Decided on the first chunk; HEAD has none, so the type and calibration decide.
+            first = b""
+            if req.method != "HEAD":
+                async for item in items:
+                    first = item.encode() if isinstance(item, str) else item
+                    if first:
+                        break
+            accept = req.headers.get_bytes(b"accept-encoding")
+            compressor, headers, acceptable = compression.stream(
+                accept, response.content_type, first or None, headers
+            )
+            if not acceptable:
+                self._write_response(req, _NOT_ACCEPTABLE)
+                return
+            if compressor is not None:
+                length = None  # the declared length was the identity's
+            if first:
+                items = _prepend(first, items)
+        chunked = length is None and req.http_version == "1.1"
+        if length is None and not chunked:
+            self.keep_alive = False  # HTTP/1.0: the end of the body is the end of the connection
+        if chunked:
+            framing = [(b"Transfer-Encoding", b"chunked")]
+            length_line = b""
+        else:
+            framing = []
+            length_line = _length_line(length) if length is not None else b""
+        head = self._head(
+            req, response.status, response.content_type, [*headers, *framing], length_line
+        )
+        transport.write(head)
+        self.responded = True
+        if req.method == "HEAD" or _no_body_status(response.status):
+            return
+        flow = self.flow
+        since_yield = 0
+        sent = 0
+        async for item in items:
+            data = item.encode() if isinstance(item, str) else item
+            if compressor is not None and data:
+                # Flushed per chunk, so what the client holds decodes to all that was produced.
+                data = compressor.compress(data)
+            if not data:
+                continue
+            if flow.paused:
+                await flow.drain()
+            elif since_yield >= _STREAM_YIELD_BYTES:
+                # An iterator that never awaits must not monopolise the loop (nor keep running
+                # unnoticed after its client reset: connection_lost needs a turn).
+                since_yield = 0
+                await asyncio.sleep(0)
+            if self.closed or transport.is_closing():
+                return
+            since_yield += len(data)
+            sent += len(data)
+            if chunked:
+                transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
+            else:
+                if length is not None and sent > length:
+                    raise ValueError("stream longer than its content_length")
+                transport.write(data)
+        if compressor is not None:
+            tail = compressor.finish()
+            if tail and chunked:
+                transport.writelines((b"%x\r\n" % len(tail), tail, b"\r\n"))
+            elif tail:
+                transport.write(tail)
+        if length is not None and sent != length:
+            raise ValueError(f"stream sent {sent} bytes, content_length said {length}")
+        if chunked:
+            transport.write(b"0\r\n\r\n")
+
     def _write_file(self, req: Request, response: FileResponse) -> None:
         """Answer with a file: at once when nothing has to wait (an error, a head-only answer, a
         small body from the open-file cache), otherwise in a task that sends by ``sendfile``."""
@@ -642,7 +697,7 @@ class HttpProtocol(asyncio.Protocol):
             self._response_finished(req)
             return
         try:
-            head, segments, opened = self._plan_file(req, response, opened)
+            head, segments, opened, data = self._plan_file(req, response, opened)
             transport = self.transport
             assert transport is not None
             self.responded = True
@@ -652,7 +707,7 @@ class HttpProtocol(asyncio.Protocol):
                 len(segments) == 1
                 and isinstance(part := segments[0], tuple)
                 and response.limit_rate is None
-                and (data := cache.contents(opened)) is not None
+                and (data is not None or (data := cache.contents(opened)) is not None)
             ):
                 offset, count = part
                 transport.write(head + data[offset : offset + count])
@@ -672,28 +727,50 @@ class HttpProtocol(asyncio.Protocol):
 
     def _plan_file(
         self, req: Request, response: FileResponse, opened: OpenFile
-    ) -> tuple[bytes, list[Segment], OpenFile]:
-        """The head and body segments answering ``req``, and the file they come from (a
-        precompressed sibling may replace ``opened``, which is then released)."""
+    ) -> tuple[bytes, list[Segment], OpenFile, bytes | None]:
+        """The head and body segments answering ``req``, the file they come from (a
+        precompressed sibling may replace ``opened``, which is then released), and the body
+        itself when it is a compressed variant held in memory (segments then index it)."""
         headers = req.headers
         coding = None
-        if response.precompressed and response.status == 200:
-            opened, coding = self._precompressed(
-                response.path, headers.get_bytes, opened, response.follow_symlinks
-            )
-        # Everything below describes the open descriptor, never an earlier stat of the path.
+        variant = None
+        vary = response.precompressed
+        if response.status == 200 and headers.get_bytes(b"range") is None:
+            # Ranges always address the identity bytes (as nginx does), so only whole files
+            # may be sent compressed.
+            if response.precompressed:
+                opened, coding = self._precompressed(
+                    response.path, headers.get_bytes, opened, response.follow_symlinks
+                )
+            compression = self.state.compression
+            if (
+                coding is None
+                and response.compress
+                and compression is not None
+                and response.limit_rate is None  # paced bodies are sent from the file
+            ):
+                st = opened.stat
+                coding, variant, varies = compression.file_variant(
+                    headers.get_bytes(b"accept-encoding"),
+                    response.content_type,
+                    st,
+                    FileReader(opened.fd, st.st_size),
+                )
+                vary = vary or varies
+        # Everything below describes the open descriptor, never an earlier stat of the path
+        # (a variant keeps the file's mtime, and its own size and coding make its ETag).
         st = opened.stat
         plan = plan_file(
             req.method,
             headers.get_bytes,
             status=response.status,
-            size=st.st_size,
+            size=st.st_size if variant is None else len(variant),
             mtime=st.st_mtime,
             mtime_ns=st.st_mtime_ns,
             now=time.time(),
             content_type=response.content_type,
             coding=coding,
-            vary=response.precompressed,
+            vary=vary,
         )
         fields = [*plan.fields, *response.headers]
         head = self._head(
@@ -704,7 +781,7 @@ class HttpProtocol(asyncio.Protocol):
             # RFC 9110 §8.6: a 304 must not carry a Content-Length other than the full size.
             b"" if plan.status == 304 else _length_line(plan.content_length),
         )
-        return head, plan.segments, opened
+        return head, plan.segments, opened, variant
 
     async def _send_file(
         self,
@@ -756,8 +833,6 @@ class HttpProtocol(asyncio.Protocol):
     ) -> tuple[OpenFile, str | None]:
         """Swap ``original`` for a precompressed sibling the client accepts, if a fresh one
         exists (releasing whichever is not used)."""
-        if header(b"range") is not None:
-            return original, None  # ranges always address the identity bytes (as nginx does)
         accept = header(b"accept-encoding")
         if accept is None:
             return original, None
@@ -1004,6 +1079,12 @@ class HttpProtocol(asyncio.Protocol):
         if self.transport is not None and not self.closed:
             self.closed = True
             self.transport.abort()
+
+
+async def _prepend(first: bytes, rest: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    yield first
+    async for item in rest:
+        yield item
 
 
 async def _aiter(iterable: Any) -> AsyncIterator[Any]:

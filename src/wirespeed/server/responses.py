@@ -125,9 +125,13 @@ class FileResponse:
     (bytes/s) paces the body after ``limit_rate_after`` bytes, like nginx's ``limit_rate``.
     ``precompressed=True`` lets the server send a ``.zst``/``.br``/``.gz`` sibling the client
     accepts (never for Range requests, so byte offsets always refer to the file itself).
+    ``compress=True`` lets the server compress the file itself when no such sibling exists and
+    the adaptive choice says it pays (text up to 1 MiB, not for Range or paced responses; the
+    compressed variant is cached per file version, see :mod:`wirespeed.server.compression`).
     """
 
     __slots__ = (
+        "compress",
         "content_type",
         "follow_symlinks",
         "headers",
@@ -150,6 +154,7 @@ class FileResponse:
         limit_rate: int | None = None,
         limit_rate_after: int = 0,
         precompressed: bool = False,
+        compress: bool = False,
     ) -> None:
         self.path = os.fspath(path)
         self.status = status
@@ -164,6 +169,7 @@ class FileResponse:
         self.limit_rate = limit_rate
         self.limit_rate_after = limit_rate_after
         self.precompressed = precompressed
+        self.compress = compress
         #: Whether a precompressed sibling may be a symlink (StaticFiles turns it off).
         self.follow_symlinks = True
         #: A ``stat`` of ``path`` made just before (StaticFiles sets it): lets the open-file

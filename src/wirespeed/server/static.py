@@ -131,8 +131,10 @@ class StaticFiles:
     ``index`` (file answered for a directory, default ``index.html``; None disables),
     ``follow_symlinks`` (allow symlinks that lead outside the root; default off),
     ``precompressed`` (serve ``.zst``/``.br``/``.gz`` siblings to clients that accept them;
-    default on), ``limit_rate`` / ``limit_rate_after`` (per-connection pacing, bytes),
-    ``content_types`` (extension -> type overrides, e.g. ``{".ts": "video/mp2t"}``).
+    default on), ``compress`` (otherwise compress text files up to 1 MiB on the fly when it pays,
+    caching the result; default on, and off server-wide with ``--no-compress``),
+    ``limit_rate`` / ``limit_rate_after`` (per-connection pacing, bytes), ``content_types``
+    (extension -> type overrides, e.g. ``{".ts": "video/mp2t"}``).
     Only GET and HEAD are allowed (405 otherwise).
     """
 
@@ -143,6 +145,7 @@ class StaticFiles:
         index: str | None = "index.html",
         follow_symlinks: bool = False,
         precompressed: bool = True,
+        compress: bool = True,
         limit_rate: int | None = None,
         limit_rate_after: int = 0,
         content_types: Mapping[str, str] | None = None,
@@ -154,6 +157,7 @@ class StaticFiles:
         self.index = index
         self.follow_symlinks = follow_symlinks
         self.precompressed = precompressed
+        self.compress = compress
         self.limit_rate = limit_rate
         self.limit_rate_after = limit_rate_after
         self.content_types = dict(content_types or {})
@@ -196,6 +200,7 @@ class StaticFiles:
             limit_rate=self.limit_rate,
             limit_rate_after=self.limit_rate_after,
             precompressed=self.precompressed,
+            compress=self.compress,
         )
         # Siblings (.gz ...) are opened without following a symlink, so one cannot lead out.
         response.follow_symlinks = self.follow_symlinks
