@@ -1,4 +1,4 @@
-"""The ``wirespeed`` command: serve | tune | bench.
+"""The ``wirespeed`` command: serve | relay | fetch | tune | bench.
 
 Every user error (a bad option value, a port in use, a missing folder, a target that does not
 import) ends with one line on stderr, ``wirespeed <command>: error: <reason>``, and exit status 2.
@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
+from wirespeed import relay as relay_cli
 from wirespeed.io import tuning
 from wirespeed.proto.http11 import Limits
 from wirespeed.server.app import App
@@ -209,6 +210,14 @@ def _build_parser(command: str | None = None) -> argparse.ArgumentParser:
     )
     tuning.add_arguments(tune)
 
+    relay = sub.add_parser(
+        "relay",
+        help="zero-copy TCP relay (splice)",
+        description="Relay TCP connections from --listen to --upstream, socket -> pipe -> "
+        "socket with splice(2).",
+    )
+    relay_cli.add_arguments(relay)
+
     bench = sub.add_parser("bench", help="compare wirespeed with other servers")
     if command == "bench":
         # The lab's imports (rich, psutil, matplotlib) are heavy: load them only for `bench`.
@@ -318,6 +327,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _serve(ns)
         if ns.command == "tune":
             return tuning.tune_main(ns)
+        if ns.command == "relay":
+            return relay_cli.main(ns)
         if ns.command == "bench":
             from wirespeed.bench import cli as bench_cli  # noqa: PLC0415
 
