@@ -20,6 +20,7 @@ from wirespeed.io import tuning
 from wirespeed.proto.http11 import Limits
 from wirespeed.server.app import App
 from wirespeed.server.config import ServerConfig
+from wirespeed.upstream import fetch as fetch_cli
 
 __all__ = ["main"]
 
@@ -218,6 +219,13 @@ def _build_parser(command: str | None = None) -> argparse.ArgumentParser:
     )
     relay_cli.add_arguments(relay)
 
+    fetch = sub.add_parser(
+        "fetch",
+        help="download a URL, in parallel ranges when the server allows",
+        description="Download URL over N pooled connections, one byte range each, into FILE.",
+    )
+    fetch_cli.add_arguments(fetch)
+
     bench = sub.add_parser("bench", help="compare wirespeed with other servers")
     if command == "bench":
         # The lab's imports (rich, psutil, matplotlib) are heavy: load them only for `bench`.
@@ -329,6 +337,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return tuning.tune_main(ns)
         if ns.command == "relay":
             return relay_cli.main(ns)
+        if ns.command == "fetch":
+            return fetch_cli.main(ns)
         if ns.command == "bench":
             from wirespeed.bench import cli as bench_cli  # noqa: PLC0415
 
