@@ -95,6 +95,26 @@ async def test_head_has_the_get_fields_and_no_body(
 
 
 @both_loops
+async def test_pipelined_file_responses_come_back_in_order(
+    static_server: StartStatic, media: Media, connect: Connect
+) -> None:
+    # Small files are answered at once from memory, large ones by sendfile in a task, missing
+    # ones with a 404: one write of 60 requests must get 60 answers in request order.
+    server = await static_server()
+    big = media.files["data.bin"]
+    paths = ["/hello.txt", "/data.bin", "/missing.txt", "/empty.txt"] * 15
+    client = await connect(server.port)
+    await client.send(b"".join(request(p) for p in paths))
+    for path in paths:
+        resp = await client.response()
+        expected = {"/hello.txt": HELLO, "/data.bin": big, "/empty.txt": b""}.get(path)
+        if expected is None:
+            assert resp.status == 404, path
+        else:
+            assert (resp.status, resp.body) == (200, expected), path
+
+
+@both_loops
 async def test_empty_file(static_server: StartStatic) -> None:
     server = await static_server()
     resp = await fetch(server.port, "/empty.txt")
