@@ -22,7 +22,7 @@ import zstandard
 
 from conftest import HttpResponse, RawClient, StartServer, run_cli
 from static_fixtures import StaticProcess
-from wirespeed import App, Request, Response, StreamResponse
+from wirespeed import App, FileResponse, Request, Response, StreamResponse
 
 pytest_plugins = ["static_fixtures"]
 both_loops = pytest.mark.asyncio(loop_factories=["uvloop", "asyncio"])
@@ -331,3 +331,28 @@ def test_bad_link_rate_is_one_line_and_exit_2(tmp_path: Path, value: str) -> Non
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "link-rate" in lines[0], result.stderr
+
+
+@both_loops
+async def test_a_failed_file_plan_releases_whichever_file_it_held(
+    serve: StartServer, tmp_path: Path
+) -> None:
+    # The content type is refused while the head is built, after the .gz sibling replaced the
+    # original: both descriptors must end up released exactly once (no leak, no early close).
+    path = tmp_path / "page.txt"
+    path.write_bytes(TEXT)
+    (tmp_path / "page.txt.gz").write_bytes(gzip.compress(TEXT))
+    app = App()
+
+    @app.get("/bad")
+    def bad(request: Request) -> FileResponse:
+        return FileResponse(path, content_type="text/plain\r\nX-Injected: 1", precompressed=True)
+
+    server = await serve(app)
+    for _ in range(2):
+        resp = await get(server.port, "/bad", "Accept-Encoding: gzip")
+        assert resp.status == 500
+        assert b"X-Injected" not in resp.body
+    cache = server.state.file_cache
+    assert len(cache) == 2  # the original and its sibling, both still cached ...
+    assert all(entry.users == 0 for entry in cache._entries.values())  # ... and unused

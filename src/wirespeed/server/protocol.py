@@ -696,8 +696,8 @@ class HttpProtocol(asyncio.Protocol):
             self._write_simple(req, 403, "forbidden")
             self._response_finished(req)
             return
+        head, segments, opened, data = self._plan_file(req, response, opened)
         try:
-            head, segments, opened, data = self._plan_file(req, response, opened)
             transport = self.transport
             assert transport is not None
             self.responded = True
@@ -730,58 +730,63 @@ class HttpProtocol(asyncio.Protocol):
     ) -> tuple[bytes, list[Segment], OpenFile, bytes | None]:
         """The head and body segments answering ``req``, the file they come from (a
         precompressed sibling may replace ``opened``, which is then released), and the body
-        itself when it is a compressed variant held in memory (segments then index it)."""
-        headers = req.headers
-        coding = None
-        variant = None
-        vary = response.precompressed
-        if response.status == 200 and headers.get_bytes(b"range") is None:
-            # Ranges always address the identity bytes (as nginx does), so only whole files
-            # may be sent compressed.
-            if response.precompressed:
-                opened, coding = self._precompressed(
-                    response.path, headers.get_bytes, opened, response.follow_symlinks
-                )
-            compression = self.state.compression
-            if (
-                coding is None
-                and response.compress
-                and compression is not None
-                and response.limit_rate is None  # paced bodies are sent from the file
-            ):
-                st = opened.stat
-                coding, variant, varies = compression.file_variant(
-                    headers.get_bytes(b"accept-encoding"),
-                    response.content_type,
-                    st,
-                    FileReader(opened.fd, st.st_size),
-                )
-                vary = vary or varies
-        # Everything below describes the open descriptor, never an earlier stat of the path
-        # (a variant keeps the file's mtime, and its own size and coding make its ETag).
-        st = opened.stat
-        plan = plan_file(
-            req.method,
-            headers.get_bytes,
-            status=response.status,
-            size=st.st_size if variant is None else len(variant),
-            mtime=st.st_mtime,
-            mtime_ns=st.st_mtime_ns,
-            now=time.time(),
-            content_type=response.content_type,
-            coding=coding,
-            vary=vary,
-        )
-        fields = [*plan.fields, *response.headers]
-        head = self._head(
-            req,
-            plan.status,
-            plan.content_type,
-            fields,
-            # RFC 9110 §8.6: a 304 must not carry a Content-Length other than the full size.
-            b"" if plan.status == 304 else _length_line(plan.content_length),
-        )
-        return head, plan.segments, opened, variant
+        itself when it is a compressed variant held in memory (segments then index it).
+        If it raises, the file it held is released."""
+        try:
+            headers = req.headers
+            coding = None
+            variant = None
+            vary = response.precompressed
+            if response.status == 200 and headers.get_bytes(b"range") is None:
+                # Ranges always address the identity bytes (as nginx does), so only whole files
+                # may be sent compressed.
+                if response.precompressed:
+                    opened, coding = self._precompressed(
+                        response.path, headers.get_bytes, opened, response.follow_symlinks
+                    )
+                compression = self.state.compression
+                if (
+                    coding is None
+                    and response.compress
+                    and compression is not None
+                    and response.limit_rate is None  # paced bodies are sent from the file
+                ):
+                    st = opened.stat
+                    coding, variant, varies = compression.file_variant(
+                        headers.get_bytes(b"accept-encoding"),
+                        response.content_type,
+                        st,
+                        FileReader(opened.fd, st.st_size),
+                    )
+                    vary = vary or varies
+            # Everything below describes the open descriptor, never an earlier stat of the path
+            # (a variant keeps the file's mtime, and its own size and coding make its ETag).
+            st = opened.stat
+            plan = plan_file(
+                req.method,
+                headers.get_bytes,
+                status=response.status,
+                size=st.st_size if variant is None else len(variant),
+                mtime=st.st_mtime,
+                mtime_ns=st.st_mtime_ns,
+                now=time.time(),
+                content_type=response.content_type,
+                coding=coding,
+                vary=vary,
+            )
+            fields = [*plan.fields, *response.headers]
+            head = self._head(
+                req,
+                plan.status,
+                plan.content_type,
+                fields,
+                # RFC 9110 §8.6: a 304 must not carry a Content-Length other than the full size.
+                b"" if plan.status == 304 else _length_line(plan.content_length),
+            )
+            return head, plan.segments, opened, variant
+        except BaseException:
+            self.state.file_cache.release(opened)  # whichever file it holds by now
+            raise
 
     async def _send_file(
         self,
