@@ -13,9 +13,10 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import Any
 
 from wirespeed import relay as relay_cli
+from wirespeed.cliargs import OneLineParser, add_loop_arguments, positive_seconds
 from wirespeed.io import tuning
 from wirespeed.proto.http11 import Limits
 from wirespeed.server.app import App
@@ -27,23 +28,6 @@ __all__ = ["main"]
 
 class UsageError(Exception):
     """A problem with what the user asked for; reported in one line, exit status 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, but errors are one line (no usage dump) and exit 2."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
-    return value
 
 
 def _non_negative_float(text: str) -> float:
@@ -92,8 +76,8 @@ def _size(text: str) -> int:
 
 
 def _build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    parser = _Parser(prog="wirespeed", description="Network IO at wire speed, from Python.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = OneLineParser(prog="wirespeed", description="Network IO at wire speed, from Python.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
     serve = sub.add_parser(
         "serve",
@@ -124,7 +108,7 @@ def _build_parser(command: str | None = None) -> argparse.ArgumentParser:
     ):
         serve.add_argument(
             f"--{name}",
-            type=_positive_float,
+            type=positive_seconds,
             default=getattr(d, name.replace("-", "_")),
             metavar="SECONDS",
             help=f"{help_text} (default %(default)s)",
@@ -191,18 +175,7 @@ def _build_parser(command: str | None = None) -> argparse.ArgumentParser:
         help="link rate one response can expect, weighed against compression CPU "
         "(k/m/g suffixes, e.g. 100m; default 1g)",
     )
-    serve.add_argument(
-        "--loop",
-        choices=("uvloop", "asyncio"),
-        default="uvloop",
-        help="event loop implementation (default %(default)s)",
-    )
-    serve.add_argument(
-        "--log-level",
-        choices=("debug", "info", "warning", "error"),
-        default="info",
-        help="(default %(default)s)",
-    )
+    add_loop_arguments(serve)
     tuning.add_arguments(serve)
 
     tune = sub.add_parser(

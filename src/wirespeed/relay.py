@@ -78,8 +78,9 @@ import sys
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Final, Literal, NoReturn
+from typing import Final, Literal
 
+from wirespeed.cliargs import OneLineParser, add_loop_arguments
 from wirespeed.io import tuning
 from wirespeed.io.tuning import SocketOptions
 
@@ -1111,18 +1112,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="upstream connections kept open ahead of demand (default 0: off)",
     )
-    parser.add_argument(
-        "--loop",
-        choices=("uvloop", "asyncio"),
-        default="uvloop",
-        help="event loop implementation (default %(default)s)",
-    )
-    parser.add_argument(
-        "--log-level",
-        choices=("debug", "info", "warning", "error"),
-        default="info",
-        help="(default %(default)s)",
-    )
+    add_loop_arguments(parser)
     tuning.add_arguments(parser)
 
 
@@ -1224,16 +1214,9 @@ def _log_one_line(loop: asyncio.AbstractEventLoop, context: dict[str, object]) -
     log.error("%s%s", context.get("message", "unexpected error"), detail)
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors and exit status 2, as in wirespeed.cli."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def _command(argv: Sequence[str] | None = None) -> int:
     """``python -m wirespeed.relay ...``: the relay without the rest of the CLI."""
-    parser = _Parser(prog="wirespeed relay", description="Zero-copy TCP relay.")
+    parser = OneLineParser(prog="wirespeed relay", description="Zero-copy TCP relay.")
     add_arguments(parser)
     return main(parser.parse_args(argv))
 

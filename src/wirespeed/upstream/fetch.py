@@ -60,6 +60,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from wirespeed.cliargs import OneLineParser, add_loop_arguments, positive_seconds
 from wirespeed.upstream.batch import join_all
 from wirespeed.upstream.client import (
     Client,
@@ -567,16 +568,6 @@ def _sha256(text: str) -> str:
     return text.lower()
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``wirespeed fetch`` arguments; values are checked by argparse types, so a bad
     one ends in ``parser.error`` (one line, exit status 2)."""
@@ -608,18 +599,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--timeout",
-        type=_seconds,
+        type=positive_seconds,
         default=Timeouts().read,
         metavar="SECONDS",
         help="give up on a connection that sends nothing this long (default %(default)s)",
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress output")
-    parser.add_argument(
-        "--loop",
-        choices=("uvloop", "asyncio"),
-        default="uvloop",
-        help="event loop implementation (default %(default)s)",
-    )
+    add_loop_arguments(parser, log_level=False)
 
 
 def _default_output(url: str) -> str:
@@ -752,15 +738,8 @@ class _Display:
             self._progress = None
 
 
-class _Parser(argparse.ArgumentParser):
-    """Standalone ``python -m wirespeed.upstream.fetch``: one-line errors, exit 2."""
-
-    def error(self, message: str) -> Any:
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def _standalone(argv: list[str]) -> int:
-    parser = _Parser(prog="wirespeed fetch")
+    parser = OneLineParser(prog="wirespeed fetch")
     add_arguments(parser)
     return main(parser.parse_args(argv))
 
