@@ -794,3 +794,18 @@ def test_decision_without_sample_is_cached_and_cheap() -> None:
         choose_compression(BROWSER, "text/css", 10**6, policy=FAST)
     per_call = (time.perf_counter() - start) / n
     assert per_call < 20e-6  # ~0.2 us here; loose for a shared machine
+
+
+def test_no_accept_encoding_decides_without_measuring_the_codecs() -> None:
+    # A server whose clients never ask for compression must not pay for the calibration (time
+    # and ~3 MiB of codec state per worker).
+    code = (
+        "from wirespeed.codec import compress as c\n"
+        "d = c.choose_compression(None, 'text/html', 10**6)\n"
+        "v = c.choose_compression(None, 'video/mp4', 10**6)\n"
+        "print(d.coding, d.vary, v.vary, c._calibration is None)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    ).stdout.split()
+    assert out == ["None", "True", "False", "True"]

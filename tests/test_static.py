@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import posixpath
 import socket
 import stat
 import time
@@ -42,6 +43,7 @@ from static_fixtures import (
     set_mtime,
 )
 from wirespeed.proto.httpdate import format_http_date
+from wirespeed.server.mime import extension
 from wirespeed.server.static import _resolve, resolve_path
 
 pytest_plugins = ["static_fixtures"]
@@ -1011,3 +1013,9 @@ def test_resolution_reports_the_stat_of_what_it_resolved(tmp_path: Path) -> None
     assert root_path == real
     assert root_stat is not None and stat.S_ISDIR(root_stat.st_mode)
     assert resolve_path(real, "via/f.txt") == f"{real}/sub/f.txt"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet="ab./Ö", max_size=12))
+def test_extension_is_splitext_lowercased(path: str) -> None:
+    assert extension(path) == posixpath.splitext(path)[1].lower()

@@ -113,7 +113,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from functools import cache, partial
+from functools import cache, lru_cache, partial
 from types import ModuleType
 from typing import Any, Final, Protocol
 
@@ -892,6 +892,14 @@ def _plan(
     return _Plan(fixed, candidates, identity_ok, kind == _UNKNOWN, too_small, no_sample)
 
 
+@lru_cache(maxsize=256)  # one entry per content type in use
+def _without_accept(content_type: str | None) -> Decision:
+    media_type = (content_type or "").partition(";")[0].strip().lower()
+    kind = _classify(media_type) if media_type else _UNKNOWN
+    # Vary even so, unless the type is never compressed: other clients may get another coding.
+    return Decision(None, 0, "skip: no Accept-Encoding", vary=kind != _COMPRESSED)
+
+
 def choose_compression(
     accept_encoding: str | None,
     content_type: str | None,
@@ -935,6 +943,10 @@ def choose_compression(
     """
     if content_encoding and content_encoding.strip().lower() != "identity":
         return _SKIP_ENCODED
+    if accept_encoding is None:
+        # Nothing to negotiate: identity, decided by the type alone, so without measuring the
+        # codecs (a server whose clients never ask for compression never calibrates).
+        return _without_accept(content_type)
     cal = policy.calibration or _calibration or calibration()
     key = (accept_encoding, content_type, policy, cal)
     plan = _plans.get(key)

@@ -78,13 +78,26 @@ class Headers(Mapping[str, str]):
         """The first raw value for a lowercase ``name``, or None. The fastest lookup."""
         first = self._first
         if first is None:
-            # Built on the first lookup: a file response asks for seven names, most absent, and
-            # a dict answers each in one probe instead of a scan of every field.
-            first = self._first = {}
-            for key, value in self._fields():
-                if key not in first:
-                    first[key] = value
+            first = self._index()
         return first.get(name)
+
+    def has_any(self, names: frozenset[bytes]) -> bool:
+        """Whether any of these lowercase names is present (one set operation)."""
+        first = self._first
+        if first is None:
+            first = self._index()
+        return not names.isdisjoint(first)
+
+    def _index(self) -> dict[bytes, bytes]:
+        # Built on the first lookup: a file response asks for several names, most absent, and
+        # a dict answers each in one probe instead of a scan of every field.
+        first: dict[bytes, bytes] = {}
+        for name, value in self._raw:
+            key = name.lower()
+            if key not in first:
+                first[key] = value
+        self._first = first
+        return first
 
     def __getitem__(self, name: str) -> str:
         value = self.get_bytes(name.lower().encode("latin-1"))

@@ -121,6 +121,10 @@ _NO_ROUTES: dict[str, Endpoint] = {}
 # the write buffer's high-water mark, so fairness matches what backpressure would give.
 _STREAM_YIELD_BYTES = 256 * 1024
 _OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK
+# Request fields that make a file answer more than "200, the whole file" (plan_file).
+_FILE_CONDITIONALS = frozenset(
+    (b"range", b"if-match", b"if-none-match", b"if-modified-since", b"if-unmodified-since")
+)
 _NOT_ACCEPTABLE = Response(
     b"no acceptable content coding\n", 406, content_type="text/plain; charset=utf-8"
 )
@@ -734,15 +738,18 @@ class HttpProtocol(asyncio.Protocol):
         If it raises, the file it held is released."""
         try:
             headers = req.headers
+            get = headers.get_bytes
+            conditional = headers.has_any(_FILE_CONDITIONALS)
             coding = None
             variant = None
             vary = response.precompressed
-            if response.status == 200 and headers.get_bytes(b"range") is None:
+            if response.status == 200 and (not conditional or get(b"range") is None):
                 # Ranges always address the identity bytes (as nginx does), so only whole files
                 # may be sent compressed.
-                if response.precompressed:
+                accept = get(b"accept-encoding")
+                if response.precompressed and accept is not None:
                     opened, coding = self._precompressed(
-                        response.path, headers.get_bytes, opened, response.follow_symlinks
+                        response.path, accept, opened, response.follow_symlinks
                     )
                 compression = self.state.compression
                 if (
@@ -753,7 +760,7 @@ class HttpProtocol(asyncio.Protocol):
                 ):
                     st = opened.stat
                     coding, variant, varies = compression.file_variant(
-                        headers.get_bytes(b"accept-encoding"),
+                        accept,
                         response.content_type,
                         st,
                         FileReader(opened.fd, st.st_size),
@@ -764,7 +771,8 @@ class HttpProtocol(asyncio.Protocol):
             st = opened.stat
             plan = plan_file(
                 req.method,
-                headers.get_bytes,
+                get,
+                conditional=conditional,
                 status=response.status,
                 size=st.st_size if variant is None else len(variant),
                 mtime=st.st_mtime,
@@ -832,15 +840,12 @@ class HttpProtocol(asyncio.Protocol):
     def _precompressed(
         self,
         path: str,
-        header: Any,
+        accept: bytes,
         original: OpenFile,
         follow_symlinks: bool,
     ) -> tuple[OpenFile, str | None]:
-        """Swap ``original`` for a precompressed sibling the client accepts, if a fresh one
-        exists (releasing whichever is not used)."""
-        accept = header(b"accept-encoding")
-        if accept is None:
-            return original, None
+        """Swap ``original`` for a precompressed sibling the client accepts (``accept``: its
+        Accept-Encoding), if a fresh one exists (releasing whichever is not used)."""
         weights = parse_accept_encoding(accept.decode("latin-1"))
         star = weights.get("*", 0.0)
         candidates = sorted(

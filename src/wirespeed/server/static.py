@@ -263,6 +263,7 @@ def plan_file(
     content_type: str,
     coding: str | None,
     vary: bool,
+    conditional: bool = True,
 ) -> FilePlan:
     """Decide the answer to ``method`` for a file of ``size`` bytes.
 
@@ -270,12 +271,14 @@ def plan_file(
     is the content coding of the representation being sent (None for identity), ``vary`` whether
     ``Vary: Accept-Encoding`` belongs on the response. ``status`` is the status for a full
     response (200 unless the handler chose another, which disables ranges and preconditions).
+    ``conditional=False`` says the request has no Range and no ``If-*`` precondition field, so
+    they are not looked up.
     """
     fields = list(_validators(size, mtime_ns, int(min(mtime, now) // 1), coding, vary))
     if status != 200:
         return FilePlan(status, content_type, fields, size, [(0, size)] if size else [])
     fields.append((b"Accept-Ranges", b"bytes"))
-    if (
+    if not conditional or (
         header(b"range") is None
         and header(b"if-none-match") is None
         and header(b"if-modified-since") is None
