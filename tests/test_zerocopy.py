@@ -40,6 +40,7 @@ from static_fixtures import (
     wait_until,
 )
 from wirespeed.io import zerocopy
+from wirespeed.io.flow import WriteFlow
 from wirespeed.server.app import App, Response
 
 pytest_plugins = ["static_fixtures"]
@@ -399,3 +400,92 @@ def test_strace_no_zero_copy_reads_with_pread_and_never_sendfile(
     assert sum(preads) == 64 * MiB
     # Bounded chunks: no read is bigger than the fallback's chunk size.
     assert max(preads) <= zerocopy.FALLBACK_CHUNK
+
+
+# -- FileSender.send_now: what the socket takes at once, no task ---------------------------------
+
+
+async def _pair(rcvbuf: int | None = None) -> tuple[asyncio.Transport, socket.socket]:
+    """A client transport (what the server writes with) and the raw socket reading it."""
+    loop = asyncio.get_running_loop()
+    listener = socket.create_server(("127.0.0.1", 0))
+    if rcvbuf is not None:
+        # Before accept: the accepted socket inherits it, and its window stays small.
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    transport, _ = await loop.create_connection(asyncio.Protocol, *listener.getsockname())
+    peer, _ = listener.accept()
+    listener.close()
+    peer.setblocking(False)
+    return transport, peer  # type: ignore[return-value]
+
+
+async def _read_all(sock: socket.socket, size: int) -> bytes:
+    loop = asyncio.get_running_loop()
+    out = bytearray()
+    async with asyncio.timeout(20):
+        while len(out) < size:
+            out += await loop.sock_recv(sock, 1 << 20)
+    return bytes(out)
+
+
+@both_loops
+async def test_send_now_sends_a_small_file_whole_without_waiting(tmp_path: Path) -> None:
+    data = pattern(100_000, seed=21)
+    (tmp_path / "f").write_bytes(data)
+    transport, peer = await _pair()
+    fd = os.open(tmp_path / "f", os.O_RDONLY)
+    sender = zerocopy.FileSender(asyncio.get_running_loop(), transport, WriteFlow(transport))
+    try:
+        assert sender.send_now([b"HEAD", (10, len(data) - 10)], fd) == []
+        assert await _read_all(peer, 4 + len(data) - 10) == b"HEAD" + data[10:]
+        assert sender.file_bytes == len(data) - 10
+    finally:
+        os.close(fd)
+        sender.close()
+        transport.close()
+        peer.close()
+
+
+@both_loops
+async def test_send_now_returns_the_rest_that_send_then_finishes(tmp_path: Path) -> None:
+    data = pattern(8 * MiB, seed=22)
+    (tmp_path / "f").write_bytes(data)
+    transport, peer = await _pair(rcvbuf=64 * 1024)
+    fd = os.open(tmp_path / "f", os.O_RDONLY)
+    sender = zerocopy.FileSender(asyncio.get_running_loop(), transport, WriteFlow(transport))
+    try:
+        rest = sender.send_now([b"HEAD", (0, len(data)), b"TAIL"], fd)
+        # The socket could not take 8 MiB at once (and one call moves at most MAX_CHUNK).
+        assert rest and rest[-1] == b"TAIL"
+        ranges = [part for part in rest if isinstance(part, tuple)]
+        assert len(ranges) == 1
+        offset, count = ranges[0]
+        assert offset + count == len(data) and 0 < offset <= zerocopy.MAX_CHUNK
+        assert sender.file_bytes == offset
+        reader = asyncio.ensure_future(_read_all(peer, len(data) + 8))
+        await sender.send(rest, fd)
+        assert await reader == b"HEAD" + data + b"TAIL"
+    finally:
+        os.close(fd)
+        sender.close()
+        transport.close()
+        peer.close()
+
+
+@both_loops
+async def test_send_now_leaves_everything_while_the_transport_holds_bytes(tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(b"x" * 1000)
+    transport, peer = await _pair(rcvbuf=16 * 1024)
+    fd = os.open(tmp_path / "f", os.O_RDONLY)
+    sender = zerocopy.FileSender(asyncio.get_running_loop(), transport, WriteFlow(transport))
+    try:
+        transport.write(b"y" * (16 * MiB))  # more than the socket takes: some stays buffered
+        assert transport.get_write_buffer_size() > 0
+        segments = [b"HEAD", (0, 1000)]
+        assert sender.send_now(segments, fd) == segments  # sending now would overtake them
+        assert sender.file_bytes == 0
+    finally:
+        os.close(fd)
+        sender.close()
+        transport.abort()
+        peer.close()

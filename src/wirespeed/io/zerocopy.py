@@ -146,6 +146,49 @@ class FileSender:
                 segments = unsupported.rest
         await self._send_copy(segments, fd, pacer)
 
+    def send_now(self, segments: Sequence[Segment], fd: int) -> Sequence[Segment]:
+        """Send what the socket takes at once, without waiting; return what is left.
+
+        An empty result means everything went out, so the caller needs no task at all (most
+        ranges of a seeking player, and small files, fit the socket buffer). At most
+        ``max_chunk`` bytes of file data leave in one call, as in :meth:`send`. Nothing happens
+        unless the zero-copy path is on and the transport's own buffer is empty. Any error
+        stops it where it occurred, so that :meth:`send`, given the rest, meets the error again
+        and handles it (fallback, truncation or a client that left).
+        """
+        sock = self._sock
+        if not self.zero_copy or sock is None or self._transport.get_write_buffer_size():
+            return segments
+        budget = self._max_chunk
+        last = len(segments) - 1
+        for index, segment in enumerate(segments):
+            if isinstance(segment, bytes):
+                try:
+                    n = sock.send(segment, socket.MSG_MORE if index < last else 0)
+                except OSError:
+                    n = 0
+                if n < len(segment):
+                    return [segment[n:], *segments[index + 1 :]]
+                continue
+            offset, count = segment
+            while count > 0:
+                size = count if count < budget else budget
+                n = 0
+                if size > 0:
+                    try:
+                        n = os.sendfile(sock.fileno(), fd, offset, size)
+                    except OSError:
+                        n = 0
+                if n <= 0:
+                    return [(offset, count), *segments[index + 1 :]]
+                self.file_bytes += n
+                offset += n
+                count -= n
+                budget -= n
+                if n < size and count > 0:
+                    return [(offset, count), *segments[index + 1 :]]  # the socket is full
+        return []
+
     # -- zero-copy path --------------------------------------------------------------------
 
     async def _send_zero_copy(

@@ -716,13 +716,18 @@ class HttpProtocol(asyncio.Protocol):
                 offset, count = part
                 transport.write(head + data[offset : offset + count])
             else:
+                parts: Sequence[Segment] = [head, *segments]
                 pacer = None
                 if response.limit_rate is not None:
                     pacer = RateLimiter(response.limit_rate, response.limit_rate_after)
-                self.task = self.loop.create_task(
-                    self._send_file(req, response, [head, *segments], opened, pacer)
-                )
-                return  # the task releases the file
+                else:
+                    # What the socket takes at once needs no task (a 1 MiB range usually fits).
+                    parts = self._file_sender().send_now(parts, opened.fd)
+                if parts:
+                    self.task = self.loop.create_task(
+                        self._send_file(req, response, parts, opened, pacer)
+                    )
+                    return  # the task releases the file
         except BaseException:
             cache.release(opened)
             raise
@@ -796,27 +801,30 @@ class HttpProtocol(asyncio.Protocol):
             self.state.file_cache.release(opened)  # whichever file it holds by now
             raise
 
+    def _file_sender(self) -> FileSender:
+        sender = self.sender
+        if sender is None:
+            assert self.transport is not None
+            sender = self.sender = FileSender(
+                self.loop,
+                self.transport,
+                self.flow,
+                zero_copy=self.config.zero_copy,
+                high_water=self.config.write_high_water,
+                low_water=self.config.write_low_water,
+            )
+        return sender
+
     async def _send_file(
         self,
         req: Request,
         response: FileResponse,
-        segments: list[Segment],
+        segments: Sequence[Segment],
         opened: OpenFile,
         pacer: RateLimiter | None,
     ) -> None:
         try:
-            sender = self.sender
-            if sender is None:
-                assert self.transport is not None
-                sender = self.sender = FileSender(
-                    self.loop,
-                    self.transport,
-                    self.flow,
-                    zero_copy=self.config.zero_copy,
-                    high_water=self.config.write_high_water,
-                    low_water=self.config.write_low_water,
-                )
-            await sender.send(segments, opened.fd, pacer)
+            await self._file_sender().send(segments, opened.fd, pacer)
         except asyncio.CancelledError:
             return
         except ConnectionError:
