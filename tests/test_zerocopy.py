@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import hashlib
+import logging
 import os
 import re
 import shutil
@@ -489,3 +490,31 @@ async def test_send_now_leaves_everything_while_the_transport_holds_bytes(tmp_pa
         sender.close()
         transport.abort()
         peer.close()
+
+
+@both_loops
+async def test_a_sender_closed_mid_wait_leaves_nothing_for_the_next_connection(
+    serve: StartServer, media: Media, connect: Connect, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A client that vanishes while the server waits for room in its socket closes that
+    # connection's duplicate descriptor; the next connection's duplicate usually gets the same
+    # number, and must be able to wait for room too (a stale loop registration refused it).
+    big = pattern(8 * MiB, seed=23)
+    media.add("big.bin", big)
+    app = App()
+    app.static("/", media.root)
+    server = await serve(app, zero_copy=True)
+    for _ in range(3):
+        stalled = await connect(server.port, rcvbuf=64 * 1024)
+        await stalled.send(request("/big.bin"))
+        await stalled.reader.readuntil(b"\r\n\r\n")
+        await asyncio.sleep(0.1)  # the server is now waiting for room in the socket
+        _abort(stalled)
+        await wait_until(lambda: not server.state.connections, timeout=5)
+        reader = await connect(server.port, rcvbuf=64 * 1024)
+        await reader.send(request("/big.bin"))
+        resp = await reader.response(timeout=20)
+        assert (resp.status, resp.body) == (200, big)
+        await reader.close()
+    failures = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not failures, [r.getMessage() for r in failures]

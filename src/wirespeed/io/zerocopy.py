@@ -127,9 +127,13 @@ class FileSender:
 
     def close(self) -> None:
         """Release the duplicate descriptor and wake a pending wait. Idempotent."""
-        sock, self._sock = self._sock, None
+        sock = self._sock
         if sock is not None:
+            # Unregister from the loop *before* the descriptor closes: the number is reused by
+            # the next dup, and a loop still watching the old one refuses it (uvloop raises
+            # "the handler is closed" on add_writer).
             self._stop_waiting(ConnectionResetError("connection closed"))
+            self._sock = None
             sock.close()
 
     async def send(self, segments: Sequence[Segment], fd: int, pacer: Pacer | None = None) -> None:
@@ -266,8 +270,9 @@ class FileSender:
         if sock is None:
             raise ConnectionResetError("connection closed")
         fd = sock.fileno()
-        waiter = self._waiter = self._loop.create_future()
+        waiter = self._loop.create_future()
         self._loop.add_writer(fd, self._stop_waiting, None)
+        self._waiter = waiter  # only once registered: a failed add_writer leaves no orphan
         flow = self._flow
         flow.pause()  # the send timeout watches this, as for buffered writes
         try:
