@@ -51,6 +51,7 @@ import psutil
 
 from wirespeed.bench.load import build_blockload, run_blockload
 from wirespeed.bench.peers import APPS
+from wirespeed.bench.process import free_port, pinned_argv
 
 MiB = 1024 * 1024
 FILE_SIZE = 64 * MiB
@@ -122,12 +123,6 @@ class Proc:
     pid: int
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _wait_port(port: int, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -137,10 +132,6 @@ def _wait_port(port: int, timeout: float = 10.0) -> None:
     raise RuntimeError(f"nothing listens on port {port}")
 
 
-def _pinned(argv: list[str], cpu: int) -> list[str]:
-    return ["taskset", "-c", str(cpu), *argv] if shutil.which("taskset") else argv
-
-
 def start_nginx(work: Path) -> Proc:
     data = work / "data"
     (data / "files").mkdir(parents=True)
@@ -148,12 +139,12 @@ def start_nginx(work: Path) -> Proc:
         f.write(random.Random(1).randbytes(FILE_SIZE))
     prefix = work / "nginx"
     prefix.mkdir()
-    port = _free_port()
+    port = free_port()
     conf = prefix / "nginx.conf"
     template = string.Template((APPS / "nginx.conf").read_text())
     conf.write_text(template.substitute(prefix=prefix, port=port, data=data))
     argv = ["nginx", "-p", str(prefix), "-c", str(conf), "-e", "stderr"]
-    proc = subprocess.Popen(_pinned(argv, SERVER_CPU))
+    proc = subprocess.Popen(pinned_argv(argv, SERVER_CPU))
     _wait_port(port)
     return Proc(proc, port, proc.pid)
 
@@ -169,7 +160,7 @@ def start_relay(
             "--upstream", f"127.0.0.1:{upstream}", "--log-level", "warning", *RELAYS[kind],
         ]  # fmt: skip
     proc = subprocess.Popen(
-        [*(prefix or []), *_pinned(argv, cpu)],
+        [*(prefix or []), *pinned_argv(argv, cpu)],
         stdout=subprocess.PIPE,
         env=dict(os.environ, PYTHONUNBUFFERED="1"),
     )

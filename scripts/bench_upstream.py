@@ -32,6 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from wirespeed.bench.process import free_port
 from wirespeed.io.tuning import parse_size
 from wirespeed.upstream import Client, Pool, join_all
 
@@ -69,12 +70,6 @@ CLIENT_CPU = "1"
 # Written in 8 MiB blocks of random bytes (one block repeated): incompressible enough, and
 # generating 1 GiB of urandom would take longer than the benchmark.
 BLOCK = 8 * 1024 * 1024
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _wait_port(port: int, timeout: float = 10.0) -> None:
@@ -247,7 +242,7 @@ def main() -> int:
         work = Path(tmp)
         root = work / "root"
         root.mkdir()
-        port = _free_port()
+        port = free_port()
         conf = work / "nginx.conf"
         conf.write_text(NGINX_CONF.format(prefix=work, port=port, root=root))
         nginx = subprocess.Popen(
