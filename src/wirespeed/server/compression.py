@@ -143,11 +143,7 @@ class Compression:
 
         ``acceptable`` False means the client refused identity and nothing fits: answer 406.
         """
-        encoding = None
-        for name, value in headers:
-            if name.lower() == b"content-encoding":
-                encoding = value
-                break
+        encoding = _field(headers, b"content-encoding")
         view = memoryview(body)[:_SAMPLE]
         decision = self.decide(accept, content_type, len(body), view, encoding)
         view.release()
@@ -176,11 +172,7 @@ class Compression:
         """``(compressor or None, headers, acceptable)`` for a stream whose first chunk is
         ``first`` (the sample; None when there is none, e.g. for HEAD). The caller sends
         ``compressor.compress(chunk)`` per chunk and ``compressor.finish()`` at the end."""
-        encoding = None
-        for name, value in headers:
-            if name.lower() == b"content-encoding":
-                encoding = value
-                break
+        encoding = _field(headers, b"content-encoding")
         sample = None if first is None else first[:_SAMPLE]
         decision = self.decide(accept, content_type, None, sample, encoding)
         fields = list(headers)
@@ -221,6 +213,14 @@ class Compression:
         if not data:
             return None, None, True
         return coding, data, True
+
+
+def _field(headers: Sequence[tuple[bytes, bytes]], lower_name: bytes) -> bytes | None:
+    """The first value of a response header field the handler set, or None."""
+    for name, value in headers:
+        if name.lower() == lower_name:
+            return value
+    return None
 
 
 class FileReader:

@@ -667,18 +667,11 @@ class HttpProtocol(asyncio.Protocol):
                 return
             since_yield += len(data)
             sent += len(data)
-            if chunked:
-                transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
-            else:
-                if length is not None and sent > length:
-                    raise ValueError("stream longer than its content_length")
-                transport.write(data)
-        if compressor is not None:
-            tail = compressor.finish()
-            if tail and chunked:
-                transport.writelines((b"%x\r\n" % len(tail), tail, b"\r\n"))
-            elif tail:
-                transport.write(tail)
+            if length is not None and sent > length:
+                raise ValueError("stream longer than its content_length")
+            _write_body(transport, data, chunked)
+        if compressor is not None and (tail := compressor.finish()):
+            _write_body(transport, tail, chunked)
         if length is not None and sent != length:
             raise ValueError(f"stream sent {sent} bytes, content_length said {length}")
         if chunked:
@@ -1097,6 +1090,13 @@ class HttpProtocol(asyncio.Protocol):
         if self.transport is not None and not self.closed:
             self.closed = True
             self.transport.abort()
+
+
+def _write_body(transport: asyncio.Transport, data: bytes, chunked: bool) -> None:
+    if chunked:
+        transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
+    else:
+        transport.write(data)
 
 
 async def _prepend(first: bytes, rest: AsyncIterator[Any]) -> AsyncIterator[Any]:
