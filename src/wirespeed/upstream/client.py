@@ -46,7 +46,7 @@ import os
 import urllib.parse
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, TypeVar
 
 import httptools
 
@@ -96,6 +96,8 @@ _REDIRECTS: Final = frozenset({301, 302, 303, 307, 308})
 # RFC 9110 section 9.2.2: safe to send twice.
 _IDEMPOTENT: Final = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})
 _USER_AGENT: Final = "wirespeed/0.1"
+
+_T = TypeVar("_T")
 
 
 class ConnectionLost(UpstreamError):
@@ -313,27 +315,24 @@ class _Wire:
             view[:n] = conn.buffer[:n]
             conn.buffer = conn.buffer[n:]
             return n
-        while True:
-            try:
-                return conn.sock.recv_into(view)
-            except (BlockingIOError, InterruptedError):
-                pass
-            except OSError as exc:
-                raise ConnectionLost(f"connection to {conn.origin} lost: {exc}") from None
-            await self._wait(writable=False)
+        return await self._read(lambda: conn.sock.recv_into(view))
 
     async def recv(self, size: int) -> bytes:
         conn = self.conn
         if conn.buffer:
             data, conn.buffer = conn.buffer[:size], conn.buffer[size:]
             return data
+        return await self._read(lambda: conn.sock.recv(size))
+
+    async def _read(self, attempt: Callable[[], _T]) -> _T:
+        """Retry a non-blocking read until it returns, waiting for readability in between."""
         while True:
             try:
-                return conn.sock.recv(size)
+                return attempt()
             except (BlockingIOError, InterruptedError):
                 pass
             except OSError as exc:
-                raise ConnectionLost(f"connection to {conn.origin} lost: {exc}") from None
+                raise ConnectionLost(f"connection to {self.conn.origin} lost: {exc}") from None
             await self._wait(writable=False)
 
     async def send_all(self, data: bytes) -> None:
